@@ -1,0 +1,46 @@
+"""The model base class every registered model derives from."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ai_models.registry import ModelInfo
+from ai_models.results import Result
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; anything else is passed to torch."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Model(ABC):
+    """A ready-to-run model: weights loaded, network in eval mode on its device.
+
+    Subclasses build their network in ``__init__`` from the resolved weight
+    paths and implement :meth:`predict`.  ``predict`` accepts anything
+    :func:`ai_models.inputs.read_datasets` accepts.
+    """
+
+    info: ClassVar[ModelInfo]
+
+    def __init__(self, weights: dict[str, Path], device: torch.device, **options: Any) -> None:
+        self.weights = weights
+        self.device = device
+        unknown = set(options) - set(self.info.options)
+        if unknown:
+            raise TypeError(f"{self.info.name}: unknown option(s) {sorted(unknown)}; known: {sorted(self.info.options)}")
+        self.options = {**self.info.options, **options}
+
+    @abstractmethod
+    def predict(self, source: Any) -> Result:
+        """Run the model on DICOM input and return a typed result."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.info.name} v{self.info.version} on {self.device}>"

@@ -1,0 +1,1 @@
+"""MI2RLNet-derived and baseline models: brain."""

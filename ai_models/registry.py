@@ -1,0 +1,166 @@
+"""Model registry: names, metadata, and ``load_model``.
+
+Models register themselves with :func:`register` when their module is
+imported; :func:`_import_builtin_models` imports the built-in ones lazily so
+that ``import ai_models`` stays cheap (no torch import until a model is used).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+
+from ai_models.errors import ModelError, WeightError
+
+if TYPE_CHECKING:
+    from ai_models.base import Model
+
+WeightFormat = Literal["keras_h5", "torch_pickle"]
+InputKind = Literal["image", "series"]
+OutputKind = Literal["classification", "detection", "segmentation"]
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One weight file a model needs.  ``key`` names it in configuration."""
+
+    key: str
+    format: WeightFormat
+    description: str
+    original_name: str = ""
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model does, what it accepts, and what it needs to run."""
+
+    name: str
+    task: str
+    modalities: tuple[str, ...]
+    input_kind: InputKind
+    output_kind: OutputKind
+    version: str
+    description: str
+    weights: tuple[WeightSpec, ...] = ()
+    labels: tuple[str, ...] = ()
+    header_fix: str | None = None
+    caveats: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_weights(self) -> bool:
+        return any(not w.optional for w in self.weights)
+
+
+_REGISTRY: dict[str, tuple[ModelInfo, Callable[..., "Model"]]] = {}
+
+# Modules that register built-in models on import.  Kept as strings so that
+# a broken optional model never stops the others from loading.
+BUILTIN_MODULES: tuple[str, ...] = (
+    "ai_models.chest.enhancement",
+    "ai_models.chest.view",
+    "ai_models.chest.lr_mark",
+    "ai_models.chest.lung",
+    "ai_models.baselines.enhancement_hu",
+    "ai_models.baselines.lr_mark_classic",
+    "ai_models.abdomen.kidney",
+    "ai_models.abdomen.liver",
+    "ai_models.abdomen.polyp",
+    "ai_models.brain.bet",
+    "ai_models.brain.blackblood",
+)
+_imported = False
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+def register(info: ModelInfo, factory: Callable[..., "Model"]) -> None:
+    """Add a model; a second registration under the same name replaces the first."""
+    _REGISTRY[info.name] = (info, factory)
+
+
+def _import_builtin_models() -> None:
+    global _imported
+    if _imported:
+        return
+    _imported = True
+    for module in BUILTIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith(module.rsplit(".", 1)[0]):
+                continue  # the module is not part of this build yet
+            IMPORT_ERRORS[module] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - reported by `models list`
+            IMPORT_ERRORS[module] = f"{type(exc).__name__}: {exc}"
+
+
+def available_models() -> list[ModelInfo]:
+    """All registered models, sorted by name."""
+    _import_builtin_models()
+    return [info for info, _ in sorted(_REGISTRY.values(), key=lambda item: item[0].name)]
+
+
+def get_info(name: str) -> ModelInfo:
+    _import_builtin_models()
+    try:
+        return _REGISTRY[name][0]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise ModelError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def resolve_weights(
+    info: ModelInfo, weights: str | Path | Sequence[str | Path] | Mapping[str, str | Path] | None
+) -> dict[str, Path]:
+    """Map whatever the caller gave onto the model's weight keys.
+
+    A single path fills the model's only weight file, a sequence fills them
+    in declared order, a mapping is taken by key.  Missing required files and
+    files that do not exist raise :class:`WeightError` naming them.
+    """
+    specs = info.weights
+    if weights is None:
+        given: dict[str, Path] = {}
+    elif isinstance(weights, Mapping):
+        unknown = set(weights) - {s.key for s in specs}
+        if unknown:
+            raise WeightError(
+                f"{info.name}: unknown weight key(s) {sorted(unknown)}; expected {[s.key for s in specs]}"
+            )
+        given = {k: Path(v) for k, v in weights.items()}
+    elif isinstance(weights, (str, Path)):
+        required = [s for s in specs if not s.optional]
+        if len(specs) != 1 and len(required) != 1:
+            raise WeightError(
+                f"{info.name} needs {len(specs)} weight files {[s.key for s in specs]}; pass a list or a mapping"
+            )
+        given = {(required or specs)[0].key: Path(weights)}
+    else:
+        paths = list(weights)
+        if len(paths) > len(specs):
+            raise WeightError(f"{info.name}: {len(paths)} weight files given, it takes at most {len(specs)}")
+        given = {spec.key: Path(p) for spec, p in zip(specs, paths)}
+    missing = [s.key for s in specs if not s.optional and s.key not in given]
+    if missing:
+        raise WeightError(f"{info.name}: missing weight file(s) for {missing}")
+    for key, path in given.items():
+        if not path.is_file():
+            raise WeightError(f"{info.name}: weight file for {key!r} not found: {path}")
+    return given
+
+
+def load_model(
+    name: str,
+    weights: str | Path | Sequence[str | Path] | Mapping[str, str | Path] | None = None,
+    device: str = "auto",
+    **options: Any,
+) -> "Model":
+    """Create a model, load its weights, and return it ready for ``predict``."""
+    info = get_info(name)
+    factory = _REGISTRY[name][1]
+    resolved = resolve_weights(info, weights)
+    from ai_models.base import select_device
+
+    return factory(weights=resolved, device=select_device(device), **options)

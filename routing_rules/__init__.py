@@ -1,0 +1,1 @@
+"""Routing rules: file format, validation, matching and dry runs; no networking, no models."""
