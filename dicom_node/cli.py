@@ -1,0 +1,328 @@
+"""The ``dicom-node`` command line.
+
+Exit codes (stable, for scripts): 0 success; 1 the operation failed (echo
+refused, objects not sent, rule errors found); 2 usage or configuration
+error; 3 partly done (some objects sent, some not).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dicom_node import __version__
+from dicom_node.config import ConfigError, DicomDestination, NodeConfig, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+_PEER_RE = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d+)$")
+
+
+def _config(args: argparse.Namespace) -> NodeConfig:
+    return load_config(args.config)
+
+
+def _own_node(config: NodeConfig) -> DicomDestination:
+    host = "127.0.0.1" if config.bind in ("0.0.0.0", "::") else config.bind
+    return DicomDestination(name="node", ae_title=config.listeners[0].ae_title, host=host, port=config.port)
+
+
+def _resolve_peer(config: NodeConfig, name: str | None) -> Any:
+    """A destination by name, ``AET@host:port``, or the node itself (None / 'node')."""
+    if name in (None, "node"):
+        return _own_node(config)
+    if name in config.destinations:
+        return config.destinations[name]
+    match = _PEER_RE.match(name)
+    if match:
+        return DicomDestination(name=name, ae_title=match["aet"], host=match["host"], port=int(match["port"]))
+    known = ", ".join(sorted(config.destinations)) or "none configured"
+    raise ConfigError(f"unknown destination {name!r}: use a name from node.toml ({known}), 'node', or AET@host:port")
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicom_node.service import serve
+
+    _config(args)  # fail fast with the field name before anything starts
+    return serve(Path(args.config))
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from dicom_node.config import FolderDestination
+    from dicom_node.sender import echo
+
+    config = _config(args)
+    peer = _resolve_peer(config, args.destination)
+    if isinstance(peer, FolderDestination):
+        ok = peer.path.exists() or peer.path.parent.exists()
+        print(f"folder destination {peer.name}: {peer.path} {'is writable' if ok else 'does not exist'}")
+        return EXIT_OK if ok else EXIT_FAILED
+    ok, message = echo(peer, args.calling_ae or "DICOM_NODE_SCU")
+    print(message)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _collect_files(paths: list[str]) -> list[str]:
+    import pydicom
+
+    files: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for candidate in candidates:
+            try:
+                pydicom.filereader.read_file_meta_info(candidate)
+            except Exception:  # noqa: BLE001 - not a Part 10 file: skip, count
+                print(f"skipping {candidate}: not a DICOM Part 10 file", file=sys.stderr)
+                continue
+            files.append(str(candidate))
+    return files
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from dicom_node.sender import ItemResult, SendError, send
+
+    config = _config(args)
+    peer = _resolve_peer(config, args.to)
+    files = _collect_files(args.paths)
+    if not files:
+        print("nothing to send: no DICOM files found", file=sys.stderr)
+        return EXIT_FAILED
+    total_bytes = sum(os.path.getsize(f) for f in files)
+    state = {"done": 0, "failed": 0, "bytes": 0}
+    start = time.monotonic()
+    tty = sys.stderr.isatty()
+
+    def progress(result: ItemResult) -> None:
+        state["done"] += 1
+        state["bytes"] += os.path.getsize(result.path)
+        if not result.ok:
+            state["failed"] += 1
+            print(f"\nfailed: {result.path}: {result.error}", file=sys.stderr)
+        if tty or state["done"] == len(files) or state["done"] % 50 == 0:
+            rate = state["bytes"] / 1e6 / max(time.monotonic() - start, 1e-6)
+            end = "\r" if tty and state["done"] < len(files) else "\n"
+            print(f"sent {state['done']}/{len(files)} ({state['bytes'] / 1e6:.1f}/{total_bytes / 1e6:.1f} MB, {rate:.1f} MB/s)", end=end, file=sys.stderr)
+
+    calling = args.calling_ae or "DICOM_NODE_SCU"
+    try:
+        send(peer, files, calling, progress)
+    except SendError as exc:
+        print(f"send failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED if state["done"] == 0 else EXIT_PARTIAL
+    ok = state["done"] - state["failed"]
+    print(f"{ok} of {len(files)} object(s) sent to {peer.name}")
+    if state["failed"]:
+        return EXIT_PARTIAL if ok else EXIT_FAILED
+    return EXIT_OK
+
+
+def status_report(config: NodeConfig) -> dict[str, Any]:
+    from sqlalchemy import func, select
+
+    from dicom_node.completion import waiting_series
+    from dicom_node.db import Database, Delivery, Instance, Series, Study
+    from dicom_node.delivery import utcnow
+
+    db = Database(config.database_url)
+    with db.session() as session:
+        counts = {
+            "studies": session.scalar(select(func.count()).select_from(Study)),
+            "series": dict(session.execute(select(Series.state, func.count()).group_by(Series.state)).all()),
+            "instances": session.scalar(select(func.count()).select_from(Instance)),
+            "deliveries": dict(session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()),
+        }
+        waits = [
+            {
+                "series_instance_uid": w.series_uid, "modality": w.modality, "instances": w.instances,
+                "open_associations": w.open_associations, "reason": w.reason,
+                "fires_at": w.fires_at.isoformat() + "Z" if w.fires_at else None,
+            }
+            for w in waiting_series(session, config, utcnow())
+        ]
+        deliveries = [
+            {
+                "id": d.id, "destination": d.destination, "rule": d.rule_name, "state": d.state, "attempts": d.attempts,
+                "objects": len(d.items), "sent": sum(1 for i in d.items if i.state == "sent"),
+                "next_attempt_at": d.next_attempt_at.isoformat() + "Z" if d.state == "pending" else None,
+                "last_error": d.last_error, "possible_duplicates": d.possible_duplicates,
+            }
+            for d in session.scalars(select(Delivery).order_by(Delivery.id.desc()).limit(50)).all()
+        ]
+    db.dispose()
+    return {"counts": counts, "waiting_series": waits, "recent_deliveries": deliveries}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = status_report(_config(args))
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return EXIT_OK
+    c = report["counts"]
+    print(f"studies {c['studies']}, instances {c['instances']}")
+    print("series: " + (", ".join(f"{k} {v}" for k, v in sorted(c["series"].items())) or "none"))
+    print("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(c["deliveries"].items())) or "none"))
+    if report["waiting_series"]:
+        print("\nwaiting series:")
+        for w in report["waiting_series"]:
+            fires = f", fires at {w['fires_at']}" if w["fires_at"] else ""
+            print(f"  {w['series_instance_uid']} {w['modality'] or '?'} {w['instances']} inst: {w['reason']}{fires}")
+    if report["recent_deliveries"]:
+        print("\nrecent deliveries:")
+        for d in report["recent_deliveries"]:
+            extra = f" next try {d['next_attempt_at']}" if d["next_attempt_at"] else ""
+            error = f" error: {d['last_error']}" if d["last_error"] and d["state"] != "delivered" else ""
+            print(f"  #{d['id']} {d['rule']} -> {d['destination']}: {d['state']} {d['sent']}/{d['objects']} (attempt {d['attempts']}){extra}{error}")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from dicom_node.db import Database
+    from dicom_node.delivery import retry
+
+    if not args.delivery and not args.all_failed:
+        print("say which: --delivery ID (repeatable) or --all-failed", file=sys.stderr)
+        return EXIT_USAGE
+    config = _config(args)
+    count = retry(Database(config.database_url), delivery_ids=args.delivery, all_failed=args.all_failed)
+    print(f"{count} deliver{'y' if count == 1 else 'ies'} queued again")
+    return EXIT_OK if count else EXIT_FAILED
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from routing_rules import load_rules
+
+    config = _config(args)
+    ruleset = load_rules(config.rules_folder, destinations=set(config.destinations))
+    for rule in ruleset.rules:
+        print(f"ok     {rule.name} ({rule.level}) from {rule.source_file}")
+    for error in ruleset.errors:
+        print(f"ERROR  {error}")
+    print(f"{len(ruleset.rules)} valid rule(s), {len(ruleset.errors)} error(s) in {config.rules_folder}")
+    return EXIT_FAILED if ruleset.errors else EXIT_OK
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    import pydicom
+
+    from routing_rules import SeriesHeaders, load_rules
+
+    config = _config(args)
+    ruleset = load_rules(config.rules_folder, destinations=set(config.destinations))
+    groups: dict[str, list[Any]] = {}
+    for path in _collect_files(args.paths):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "?")), []).append(ds)
+    if not groups:
+        print("no DICOM files found", file=sys.stderr)
+        return EXIT_FAILED
+    for series_uid, datasets in groups.items():
+        first = datasets[0]
+        print(f"series {series_uid} ({first.get('Modality', '?')}, {len(datasets)} file(s), {first.get('SeriesDescription', '')!s})")
+        for line in ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series"):
+            print(f"  {line}")
+    for error in ruleset.errors:
+        print(f"rule error: {error}")
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from dicom_node.synthetic import chest_ct_series, chest_dx, write_datasets
+
+    out = Path(args.output)
+    if args.kind == "ct":
+        paths = write_datasets(chest_ct_series(args.count, args.size, contrast=args.contrast), out, "CT")
+    else:
+        paths = write_datasets([chest_dx(args.size, args.size, seed=i) for i in range(args.count)], out, "DX")
+    print(f"wrote {len(paths)} synthetic {args.kind.upper()} file(s) to {out}")
+    return EXIT_OK
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from ai_models.cli import describe_models
+
+    config = _config(args)
+    rows = describe_models(config.weights_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    for row in rows:
+        print(f"{row['name']:<18} {row.get('status', ''):<12} {row.get('task', '')}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-node", description="DICOM AI router: receive, route by rules, run models, send results.")
+    parser.add_argument("--version", action="version", version=f"dicom-node {__version__}")
+    parser.add_argument("-c", "--config", default=os.environ.get("DICOM_NODE_CONFIG", "node.toml"), help="path to node.toml (default: $DICOM_NODE_CONFIG or ./node.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the node (receiver, completion, rules, delivery)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("echo", help="C-ECHO a destination or the node itself")
+    p.add_argument("destination", nargs="?", help="destination name from node.toml, AET@host:port, or 'node' (default)")
+    p.add_argument("--calling-ae", help="our AE title for the association")
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser("send", help="send DICOM files or folders to a destination or to the node")
+    p.add_argument("paths", nargs="+", help="files or folders (recursive)")
+    p.add_argument("--to", help="destination name, AET@host:port, or 'node' (default)")
+    p.add_argument("--calling-ae", help="our AE title (default DICOM_NODE_SCU)")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("status", help="counts, waiting series (why and until when), recent deliveries")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("retry", help="queue failed deliveries again")
+    p.add_argument("--delivery", type=int, action="append", help="delivery id (repeatable)")
+    p.add_argument("--all-failed", action="store_true", help="every delivery in state failed")
+    p.set_defaults(func=cmd_retry)
+
+    rules = sub.add_parser("rules", help="validate rules or dry-run them on files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
+    p = rules_sub.add_parser("check", help="validate every rule file; exit 1 if any has errors")
+    p.set_defaults(func=cmd_rules_check)
+    p = rules_sub.add_parser("test", help="show which rules would fire for DICOM files or folders, and why")
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(func=cmd_rules_test)
+
+    p = sub.add_parser("generate", help="write synthetic test DICOM (no patient data)")
+    p.add_argument("kind", choices=["ct", "dx"])
+    p.add_argument("output", help="folder to write into")
+    p.add_argument("--count", type=int, default=20, help="CT slices or DX images (default 20)")
+    p.add_argument("--size", type=int, default=256, help="rows/columns (default 256)")
+    p.add_argument("--contrast", action="store_true", help="CT with contrast-enhanced blood pool")
+    p.set_defaults(func=cmd_generate)
+
+    models = sub.add_parser("models", help="model registry")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
+    p = models_sub.add_parser("list", help="every model, whether its weights are configured and valid")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""From complete series/studies to queued actions.
+
+One sweep (driven by APScheduler every fraction of a second) marks due
+series complete, applies the rules to every complete series and every due
+study, and queues what the matching rules ask for.  Queuing and the state
+change happen in one transaction, keyed by a dispatch key, so a crash
+between the two can neither lose nor double an action.
+
+Action types are pluggable: ``forward`` is built in; the model runtime adds
+``model`` (see :mod:`dicom_node.actions`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Protocol
+
+import pydicom
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node.completion import due_studies, mark_complete_series
+from dicom_node.config import NodeConfig
+from dicom_node.db import Database, Delivery, DeliveryItem, Dispatch, Instance, Series, Study
+from dicom_node.delivery import enqueue, utcnow
+
+log = logging.getLogger("dicom_node.dispatcher")
+
+
+def read_headers(paths: list[str]) -> list[Dataset]:
+    """Headers (no pixel data) of stored files, for rule evaluation on the whole series."""
+    out = []
+    for path in paths:
+        try:
+            out.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop routing
+            log.error("cannot read header of %s: %s", path, exc)
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an action applies to: a series or a whole study, in one run."""
+
+    level: str
+    uid: str
+    run: int
+    series_id: int | None
+    study_id: int
+    instances: list[Instance]
+
+
+class ActionHandler(Protocol):
+    def __call__(self, session: Session, target: Target, rule_name: str, action: dict[str, Any], now: datetime) -> str: ...
+
+
+def forward_action(session: Session, target: Target, rule_name: str, action: dict[str, Any], now: datetime) -> str:
+    """Queue one delivery per destination with the target's instances.
+
+    On a rerun (late instances), only copies the destination has not been
+    given yet are queued: a new instance, or a newer version of one.
+    """
+    queued = []
+    for destination in action["destinations"]:
+        already = set(
+            session.execute(
+                select(DeliveryItem.sop_instance_uid, DeliveryItem.instance_version)
+                .join(Delivery, Delivery.id == DeliveryItem.delivery_id)
+                .where(Delivery.destination == destination, DeliveryItem.state != "skipped",
+                       DeliveryItem.sop_instance_uid.in_([i.sop_instance_uid for i in target.instances]))
+            ).all()
+        )
+        items = [(i.sop_instance_uid, i.path, i.version) for i in target.instances if (i.sop_instance_uid, i.version) not in already]
+        if not items:
+            queued.append(f"{destination}: nothing new")
+            continue
+        delivery = enqueue(
+            session, dispatch_key=f"forward|{rule_name}|{destination}|{target.level}:{target.uid}|run{target.run}",
+            destination=destination, rule_name=rule_name, items=items, now=now, series_id=target.series_id,
+        )
+        queued.append(f"{destination}: {len(items)} object(s)" if delivery else f"{destination}: already queued")
+    return "forward to " + ", ".join(queued)
+
+
+class RulesSource(Protocol):
+    def current(self) -> Any: ...
+
+
+class Dispatcher:
+    """Applies rules to complete series and studies."""
+
+    def __init__(self, config: NodeConfig, db: Database, rules: RulesSource, on_queued: Callable[[], None] = lambda: None) -> None:
+        self.config, self.db, self.rules, self.on_queued = config, db, rules, on_queued
+        self.handlers: dict[str, ActionHandler] = {"forward": forward_action}
+
+    def sweep(self) -> None:
+        now = utcnow()
+        with self.db.write() as session:
+            newly = mark_complete_series(session, self.config, now)
+        for series_id in newly:
+            log.info("series %d complete", series_id)
+        with self.db.session() as session:
+            pending_series = session.scalars(select(Series.id).where(Series.state == "complete")).all()
+        for series_id in pending_series:
+            self.dispatch_series(series_id)
+        with self.db.session() as session:
+            studies = due_studies(session, self.config, utcnow())
+        for study_id in studies:
+            self.dispatch_study(study_id)
+
+    def _apply(self, session: Session, target: Target, headers: list[Dataset], now: datetime) -> list[str]:
+        from routing_rules import SeriesHeaders
+
+        ruleset = self.rules.current()
+        matches = ruleset.evaluate(SeriesHeaders.from_datasets(headers), level=target.level)
+        summary = []
+        for match in matches:
+            outcomes = []
+            for action in match.actions:
+                handler = self.handlers.get(action["type"])
+                if handler is None:
+                    outcomes.append(f"action type {action['type']!r} not available in this node")
+                    log.error("rule %s: action type %r has no handler", match.rule.name, action["type"])
+                    continue
+                outcomes.append(handler(session, target, match.rule.name, dict(action), now))
+            session.add(Dispatch(
+                level=target.level, series_id=target.series_id, study_id=target.study_id, rule_name=match.rule.name,
+                run_number=target.run, reasons=list(match.reasons) + outcomes, created_at=now,
+            ))
+            summary.append(f"{match.rule.name} ({'; '.join(outcomes)})")
+        return summary
+
+    def dispatch_series(self, series_id: int) -> None:
+        with self.db.session() as session:
+            series = session.get(Series, series_id)
+            if series is None or series.state != "complete":
+                return
+            paths = [i.path for i in series.instances]
+        headers = read_headers(paths)
+        now = utcnow()
+        with self.db.write() as session:
+            series = session.get(Series, series_id)
+            if series is None or series.state != "complete":
+                return  # new instances arrived meanwhile; it will complete again
+            run = series.run_count + 1
+            target = Target("series", series.series_instance_uid, run, series.id, series.study_id, list(series.instances))
+            summary = self._apply(session, target, headers, now)
+            series.state, series.run_count, series.dispatched_at = "dispatched", run, now
+        log.info("series %s run %d: %s", target.uid, run, "; ".join(summary) if summary else "no rule matched")
+        if summary:
+            self.on_queued()
+
+    def dispatch_study(self, study_id: int) -> None:
+        with self.db.session() as session:
+            study = session.get(Study, study_id)
+            if study is None or study.state != "receiving":
+                return
+            paths = [i.path for s in study.series for i in s.instances]
+        headers = read_headers(paths)
+        now = utcnow()
+        with self.db.write() as session:
+            study = session.get(Study, study_id)
+            if study is None or study.state != "receiving" or any(s.state != "dispatched" for s in study.series):
+                return
+            run = study.run_count + 1
+            instances = [i for s in study.series for i in s.instances]
+            target = Target("study", study.study_instance_uid, run, None, study.id, instances)
+            summary = self._apply(session, target, headers, now)
+            study.state, study.run_count, study.completed_at = "dispatched", run, now
+        if summary:
+            log.info("study %s run %d: %s", target.uid, run, "; ".join(summary))
+            self.on_queued()

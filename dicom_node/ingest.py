@@ -1,0 +1,121 @@
+"""Recording received instances in the database.
+
+The duplicate policy lives here: a second copy of a SOP Instance UID
+replaces the first on disk (the spool writes to the same path) and in the
+row (``version`` + 1, new association and time), and the series counts it in
+``duplicate_count``.  The newest copy wins because a modality resends after
+a correction far more often than by mistake.
+
+The late-instance policy too: an instance that arrives after its series was
+dispatched is stored and flagged ``late``; with ``ignore`` the series stays
+dispatched, with ``rerun`` / ``replace`` it goes back to ``receiving`` and
+the completion tracker dispatches it again (a new run number).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import Instance, Series, Study
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The few header values the database keeps per instance."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    series_description: str | None
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    instance_id: int
+    series_id: int
+    duplicate: bool
+    late: bool
+
+
+def _study(session: Session, uid: str, now: datetime, called_ae: str) -> Study:
+    study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+    if study is None:
+        study = Study(study_instance_uid=uid, state="receiving", first_received_at=now, last_received_at=now, called_ae=called_ae)
+        session.add(study)
+        session.flush()
+    else:
+        study.last_received_at = now
+    return study
+
+
+def _series(session: Session, study: Study, header: InstanceHeader, now: datetime, called_ae: str, calling_ae: str) -> Series:
+    series = session.scalar(select(Series).where(Series.series_instance_uid == header.series_uid))
+    if series is None:
+        series = Series(
+            study_id=study.id, series_instance_uid=header.series_uid, modality=header.modality,
+            series_description=(header.series_description or "")[:64] or None, state="receiving",
+            called_ae=called_ae, calling_ae=calling_ae, instance_count=0, duplicate_count=0, late_count=0,
+            run_count=0, first_received_at=now, last_received_at=now,
+        )
+        session.add(series)
+        session.flush()
+    series.last_received_at = now
+    return series
+
+
+def record_instance(
+    session: Session,
+    header: InstanceHeader,
+    *,
+    path: str,
+    size: int,
+    association_id: int | None,
+    called_ae: str,
+    calling_ae: str,
+    late_policy: str,
+    now: datetime,
+) -> RecordOutcome:
+    """Insert or update the rows for one stored instance (caller commits)."""
+    study = _study(session, header.study_uid, now, called_ae)
+    series = _series(session, study, header, now, called_ae, calling_ae)
+    late = series.state == "dispatched"
+    if late:
+        series.late_count += 1
+        if late_policy != "ignore":
+            series.state = "receiving"
+            series.first_received_at = now
+    elif series.state == "complete":
+        series.state = "receiving"
+    if series.state == "receiving":
+        study.state = "receiving"
+    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
+    duplicate = instance is not None
+    if instance is None:
+        instance = Instance(
+            series_id=series.id, sop_instance_uid=header.sop_uid, sop_class_uid=header.sop_class_uid,
+            transfer_syntax_uid=header.transfer_syntax_uid, path=path, size=size, received_at=now,
+            association_id=association_id, version=1, late=late,
+        )
+        session.add(instance)
+        series.instance_count += 1
+    else:
+        instance.version += 1
+        instance.path, instance.size, instance.received_at = path, size, now
+        instance.association_id = association_id
+        instance.transfer_syntax_uid = header.transfer_syntax_uid
+        instance.late = instance.late or late
+        if instance.series_id != series.id:  # moved between series by a correction
+            old = session.get(Series, instance.series_id)
+            if old is not None:
+                old.instance_count -= 1
+            instance.series_id = series.id
+            series.instance_count += 1
+        series.duplicate_count += 1
+    session.flush()
+    return RecordOutcome(instance.id, series.id, duplicate, late)

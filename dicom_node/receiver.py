@@ -1,0 +1,228 @@
+"""The C-STORE SCP: accepts associations, stores durably, records, then answers.
+
+Runs in its own process (``dicom-node serve`` starts it) so that nothing else
+competes for its GIL.  Each association runs in a pynetdicom thread; the
+order inside a C-STORE is fixed by the durability promise: decode the
+header, write + fsync + rename the file, commit the row, and only then
+return 0x0000.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+    JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+    JPEGLSLossless, JPEGLSNearLossless, RLELossless, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K,
+)
+from pynetdicom import AE, evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.sop_class import Verification
+from pynetdicom.presentation import AllStoragePresentationContexts
+
+from dicom_node.config import NodeConfig
+from dicom_node.db import Association, Database
+from dicom_node.ingest import InstanceHeader, record_instance
+from dicom_node.spool import Spool, SpoolError, disk_state
+
+log = logging.getLogger("dicom_node.receiver")
+
+ACCEPTED_TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
+    JPEG2000Lossless, JPEG2000, RLELossless, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K,
+]
+
+# A-ASSOCIATE-RJ (result, source, reason) triples, PS3.8 9.3.4
+REJECT_CALLING_AET = (0x01, 0x01, 0x03)
+REJECT_CALLED_AET = (0x01, 0x01, 0x07)
+REJECT_NO_REASON = (0x01, 0x01, 0x01)
+REJECT_CONGESTION = (0x02, 0x03, 0x01)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES_DISK = 0xA700
+STATUS_OUT_OF_RESOURCES_DB = 0xA701
+STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_MISSING_IDENTIFIERS = 0xC211
+STATUS_SOP_CLASS_REFUSED = 0x0122
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Receiver:
+    """Owns the pynetdicom AE and the handlers bound to it."""
+
+    def __init__(self, config: NodeConfig, db: Database, spool: Spool) -> None:
+        self.config = config
+        self.db = db
+        self.spool = spool
+        self.pid = os.getpid()
+        self.ae = self._build_ae()
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    def _build_ae(self) -> AE:
+        ae = AE(ae_title=self.config.ae_title)
+        ae.maximum_pdu_size = self.config.max_pdu
+        ae.maximum_associations = 64
+        ae.network_timeout = 120
+        ae.dimse_timeout = 120
+        ae.require_called_aet = False  # checked per listener in _on_requested
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        return ae
+
+    # --- association lifecycle ------------------------------------------------------------------
+
+    def _reject(self, event: evt.Event, triple: tuple[int, int, int], why: str) -> None:
+        log.warning("association from %s rejected: %s", event.assoc.requestor.address, why)
+        event.assoc.acse.send_reject(*triple)
+
+    def _on_requested(self, event: evt.Event) -> None:
+        primitive = event.assoc.requestor.primitive
+        calling = primitive.calling_ae_title.strip()
+        called = primitive.called_ae_title.strip()
+        host = event.assoc.requestor.address
+        listener = self.config.listener(called)
+        if listener is None:
+            return self._reject(event, REJECT_CALLED_AET, f"called AE title {called!r} is not one of ours")
+        if not listener.allows_calling(calling):
+            return self._reject(event, REJECT_CALLING_AET, f"calling AE title {calling!r} not allowed for {called}")
+        if not listener.allows_host(host):
+            return self._reject(event, REJECT_NO_REASON, f"host {host} not allowed for {called}")
+        state = disk_state(self.spool.root)
+        storage = self.config.storage
+        if state.used_percent > storage.max_used_percent or state.free_mb < storage.min_free_mb:
+            return self._reject(
+                event, REJECT_CONGESTION,
+                f"spool disk above high-water mark ({state.used_percent:.1f}% used, {state.free_mb:.0f} MB free; "
+                f"limits {storage.max_used_percent}% / {storage.min_free_mb} MB)",
+            )
+        event.assoc.node_listener = listener  # type: ignore[attr-defined]
+
+    def _on_established(self, event: evt.Event) -> None:
+        rq = event.assoc.requestor
+        listener = getattr(event.assoc, "node_listener", None)
+        row = Association(
+            calling_ae=rq.ae_title.strip(), called_ae=listener.ae_title if listener else "",
+            peer_host=rq.address, peer_port=rq.port, started_at=_utcnow(), receiver_pid=self.pid,
+            instances_received=0, failures=0,
+        )
+        with self.db.write() as session:
+            session.add(row)
+        event.assoc.node_association_id = row.id  # type: ignore[attr-defined]
+        event.assoc.node_counts = [0, 0]  # type: ignore[attr-defined]
+        log.info("association %d from %s@%s:%d", row.id, row.calling_ae, rq.address, rq.port)
+
+    def _on_ended(self, event: evt.Event) -> None:
+        assoc_id = getattr(event.assoc, "node_association_id", None)
+        if assoc_id is None:
+            return
+        with self._lock:
+            if getattr(event.assoc, "node_closed", False):
+                return
+            event.assoc.node_closed = True  # type: ignore[attr-defined]
+        received, failures = event.assoc.node_counts  # type: ignore[attr-defined]
+        with self.db.write() as session:
+            row = session.get(Association, assoc_id)
+            if row is not None:
+                row.ended_at = _utcnow()
+                row.end_reason = "aborted" if event.event.name == "EVT_ABORTED" else "released"
+                row.instances_received = received
+                row.failures = failures
+        log.info("association %d ended (%s): %d stored, %d failed", assoc_id, event.event.name, received, failures)
+
+    # --- DIMSE ------------------------------------------------------------------------------------
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int:
+        counts = getattr(event.assoc, "node_counts", [0, 0])
+        status = self._store(event)
+        counts[0 if status == STATUS_SUCCESS else 1] += 1
+        return status
+
+    def _store(self, event: evt.Event) -> int:
+        request = event.request
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        listener = getattr(event.assoc, "node_listener", None)
+        sop_class = str(request.AffectedSOPClassUID)
+        if listener is not None and listener.sop_classes and sop_class not in listener.sop_classes:
+            log.warning("C-STORE %s refused: SOP class %s not accepted by %s", sop_uid, sop_class, listener.ae_title)
+            return STATUS_SOP_CLASS_REFUSED
+        try:
+            ds = event.dataset
+            header = InstanceHeader(
+                study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID),
+                sop_uid=str(ds.SOPInstanceUID), sop_class_uid=sop_class,
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                modality=str(ds.get("Modality", "") or "") or None,
+                series_description=str(ds.get("SeriesDescription", "") or "") or None,
+            )
+        except AttributeError as exc:
+            log.error("C-STORE %s refused: missing identifier (%s)", sop_uid, exc)
+            return STATUS_MISSING_IDENTIFIERS
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
+            log.error("C-STORE %s refused: dataset cannot be decoded (%s: %s)", sop_uid, type(exc).__name__, exc)
+            return STATUS_CANNOT_UNDERSTAND
+        if not header.study_uid or not header.series_uid or not header.sop_uid:
+            log.error("C-STORE %s refused: empty Study/Series/SOP Instance UID", sop_uid)
+            return STATUS_MISSING_IDENTIFIERS
+        if header.sop_uid != sop_uid:
+            log.error("C-STORE refused: dataset SOP Instance UID %s differs from the request's %s", header.sop_uid, sop_uid)
+            return STATUS_CANNOT_UNDERSTAND
+        meta = event.file_meta
+        meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title.strip() or "UNKNOWN"
+        path = self.spool.path_for(header.study_uid, header.series_uid, header.sop_uid)
+        try:
+            stored = self.spool.write(path, encode_file_meta(meta), request.DataSet.getbuffer())
+        except SpoolError as exc:
+            log.error("C-STORE %s failed: %s", sop_uid, exc)
+            return STATUS_OUT_OF_RESOURCES_DISK
+        called = listener.ae_title if listener else self.config.ae_title
+        try:
+            with self.db.write() as session:
+                outcome = record_instance(
+                    session, header, path=str(path), size=stored.size,
+                    association_id=getattr(event.assoc, "node_association_id", None),
+                    called_ae=called, calling_ae=event.assoc.requestor.ae_title.strip(),
+                    late_policy=self.config.completion_for(called).late_instances, now=_utcnow(),
+                )
+        except Exception as exc:  # noqa: BLE001 - any DB failure is "out of resources" to the sender
+            log.error("C-STORE %s failed: database error (%s: %s)", sop_uid, type(exc).__name__, exc)
+            return STATUS_OUT_OF_RESOURCES_DB
+        if outcome.duplicate:
+            log.info("C-STORE %s: duplicate SOP Instance UID, newest copy kept", sop_uid)
+        if outcome.late:
+            log.info("C-STORE %s: late instance for an already dispatched series", sop_uid)
+        return STATUS_SUCCESS
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_ABORTED, self._on_ended),
+            (evt.EVT_CONN_CLOSE, self._on_ended),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+
+    def start(self, block: bool = True) -> Any:
+        log.info("listening on %s:%d as %s", self.config.bind, self.config.port, ", ".join(l.ae_title for l in self.config.listeners))
+        self._server = self.ae.start_server((self.config.bind, self.config.port), block=block, evt_handlers=self.handlers())
+        return self._server
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()

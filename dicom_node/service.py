@@ -1,0 +1,141 @@
+"""``dicom-node serve``: the receiver process plus the dispatcher/delivery process.
+
+The receiver runs in a child process of its own (spawned, so it shares no
+locks or threads with the parent); the parent runs the APScheduler sweeps
+(completion + rules, rule reloads) and the delivery workers.  The child
+asks the kernel to kill it when the parent dies, so a SIGKILL of the node
+never leaves an orphan receiver holding the port.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from dicom_node import __version__
+from dicom_node.config import NodeConfig, load_config
+
+log = logging.getLogger("dicom_node")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level), stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s",
+    )
+    for noisy in ("pynetdicom", "apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        log.warning("cannot set parent-death signal; stop the receiver by hand if the node is killed")
+
+
+def run_receiver(config_path: str) -> None:
+    """Entry point of the receiver child process."""
+    _die_with_parent()
+    config = load_config(config_path)
+    setup_logging(config.log_level)
+    from dicom_node.db import Database
+    from dicom_node.receiver import Receiver
+    from dicom_node.spool import Spool
+
+    db = Database(config.database_url, migrate=False)
+    receiver = Receiver(config, db, Spool(config.storage.spool, fsync=config.storage.fsync))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    receiver.start(block=False)
+    stop.wait()
+    receiver.stop()
+    db.dispose()
+
+
+def _wait_for_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+class Node:
+    """The running node (parent side)."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = Path(config_path)
+        self.config: NodeConfig = load_config(self.config_path)
+        self.stop_event = threading.Event()
+
+    def _start_receiver(self) -> multiprocessing.Process:
+        ctx = multiprocessing.get_context("spawn")
+        process = ctx.Process(target=run_receiver, args=(str(self.config_path),), name="receiver", daemon=False)
+        process.start()
+        return process
+
+    def run(self) -> int:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        from dicom_node.db import Database
+        from dicom_node.delivery import DeliveryWorkers
+        from dicom_node.dispatcher import Dispatcher
+        from dicom_node.recovery import recover
+        from dicom_node.rules_store import NodeRules
+        from dicom_node.spool import Spool
+
+        config = self.config
+        setup_logging(config.log_level)
+        log.info("dicom-node %s starting (config %s)", __version__, self.config_path)
+        db = Database(config.database_url)
+        spool = Spool(config.storage.spool, fsync=config.storage.fsync)
+        recover(config, db, spool)
+        rules = NodeRules(config)
+        workers = DeliveryWorkers(db, config)
+        dispatcher = Dispatcher(config, db, rules, on_queued=workers.wake)
+        scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 5})
+        scheduler.add_job(dispatcher.sweep, "interval", seconds=0.25, id="completion-sweep")
+        scheduler.add_job(rules.reload_if_changed, "interval", seconds=2, id="rules-reload")
+        receiver = self._start_receiver()
+        if not _wait_for_port(config.bind, config.port, 30):
+            log.error("receiver did not start listening on %s:%d", config.bind, config.port)
+            receiver.terminate()
+            return 1
+        workers.start()
+        scheduler.start()
+        log.info("ready: %s listening on %s:%d", ", ".join(l.ae_title for l in config.listeners), config.bind, config.port)
+        try:
+            while not self.stop_event.wait(0.5):
+                if not receiver.is_alive():
+                    log.error("receiver process exited (code %s); restarting it", receiver.exitcode)
+                    receiver = self._start_receiver()
+        finally:
+            log.info("stopping")
+            receiver.terminate()
+            receiver.join(15)
+            if receiver.is_alive():
+                receiver.kill()
+            scheduler.shutdown(wait=True)
+            workers.stop()
+            db.dispose()
+            log.info("stopped")
+        return 0
+
+
+def serve(config_path: Path) -> int:
+    node = Node(config_path)
+    signal.signal(signal.SIGTERM, lambda *_: node.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: node.stop_event.set())
+    return node.run()

@@ -1,0 +1,124 @@
+"""The spool: received objects as Part 10 files, written durably.
+
+Layout: ``<spool>/<study uid>/<series uid>/<sop instance uid>.dcm``, plus
+``<spool>/.tmp`` for files being written.  A file is first written to
+``.tmp``, fsynced, renamed into place, and the directory is fsynced, so a
+crash leaves either the old complete file or the new complete file, never a
+torn one.  The bytes of the dataset are written exactly as received (no
+decode/re-encode), which keeps compressed transfer syntaxes intact.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+
+_SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+class SpoolError(OSError):
+    """Writing to the spool failed (disk full, read-only, permissions)."""
+
+
+def safe_component(uid: str) -> str:
+    """A path component for a UID; anything that is not digits and dots is hashed.
+
+    Malformed UIDs from real modalities exist; they must neither escape the
+    spool (``..``, ``/``) nor collide.
+    """
+    if _SAFE_UID.match(uid) and len(uid) <= 64:
+        return uid
+    return "x" + uuid.uuid5(uuid.NAMESPACE_OID, uid).hex
+
+
+def encode_file_meta(meta: FileMetaDataset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: Path
+    size: int
+    replaced: bool
+
+
+class Spool:
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.tmp = self.root / ".tmp"
+        self.fsync = fsync
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.root / safe_component(study_uid) / safe_component(series_uid) / f"{safe_component(sop_uid)}.dcm"
+
+    def _fsync_dir(self, directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write(self, destination: Path, file_meta: bytes, dataset: bytes | memoryview) -> StoredFile:
+        """Write preamble + file meta + dataset bytes durably to ``destination``."""
+        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(PREAMBLE)
+                handle.write(file_meta)
+                handle.write(dataset)
+                handle.flush()
+                if self.fsync:
+                    os.fsync(handle.fileno())
+            new_dir = not destination.parent.exists()
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            replaced = destination.exists()
+            os.replace(tmp, destination)
+            if self.fsync:
+                self._fsync_dir(destination.parent)
+                if new_dir:
+                    self._fsync_dir(destination.parent.parent)
+                    self._fsync_dir(destination.parent.parent.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # the spool itself is broken; the original error is what matters
+            raise SpoolError(exc.errno, f"spool write failed: {exc.strerror}") from exc
+        return StoredFile(destination, len(PREAMBLE) + len(file_meta) + len(dataset), replaced)
+
+    def clean_tmp(self) -> int:
+        """Remove partial files a crash left behind (they were never acknowledged)."""
+        count = 0
+        for part in self.tmp.glob("*.part"):
+            part.unlink(missing_ok=True)
+            count += 1
+        return count
+
+    def iter_files(self):  # type: ignore[no-untyped-def]
+        for path in self.root.rglob("*.dcm"):
+            if self.tmp not in path.parents:
+                yield path
+
+
+@dataclass(frozen=True)
+class DiskState:
+    used_percent: float
+    free_mb: float
+
+
+def disk_state(path: Path) -> DiskState:
+    usage = shutil.disk_usage(path)
+    return DiskState(used_percent=100.0 * usage.used / usage.total, free_mb=usage.free / 1e6)

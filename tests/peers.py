@@ -1,0 +1,234 @@
+"""Real DICOM peers for tests: the node itself, Orthanc, dcmtk storescp/storescu.
+
+Everything binds to 127.0.0.1 on free ports and is stopped by PID.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop_pid(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+@dataclass
+class Orthanc:
+    """A throwaway Orthanc: DICOM + HTTP on free loopback ports."""
+
+    workdir: Path
+    aet: str = "ORTHANC"
+    dicom_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    def start(self, modalities: dict | None = None) -> "Orthanc":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "test-orthanc", "StorageDirectory": str(self.workdir / "storage"), "IndexDirectory": str(self.workdir / "index"),
+            "DicomAet": self.aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True, "DicomModalities": modalities or {}, "Plugins": [], "StableAge": 1,
+            "HttpServerEnabled": True, "DicomAssociationCloseDelay": 0, "StorageCompression": False,
+        }
+        cfg = self.workdir / "orthanc.json"
+        cfg.write_text(json.dumps(config))
+        self.log = open(self.workdir / "orthanc.log", "wb")
+        self.proc = subprocess.Popen(["Orthanc", str(cfg)], stdout=self.log, stderr=subprocess.STDOUT, env=DCMTK_ENV)
+        wait_port(self.http_port, 30, self.proc)
+        wait_port(self.dicom_port, 30, self.proc)
+        return self
+
+    def get(self, path: str):  # type: ignore[no-untyped-def]
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as rsp:
+            body = rsp.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    def instances(self) -> list[str]:
+        return self.get("/instances")
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        return self.get(f"/instances/{orthanc_id}/file")
+
+    def sop_uids(self) -> dict[str, str]:
+        """SOP Instance UID -> Orthanc id for everything stored."""
+        out = {}
+        for oid in self.instances():
+            tags = self.get(f"/instances/{oid}/simplified-tags")
+            out[tags["SOPInstanceUID"]] = oid
+        return out
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc, 30)
+            self.log.close()
+
+
+@dataclass
+class StoreSCP:
+    """dcmtk storescp writing what it receives into a folder, as received (+B)."""
+
+    folder: Path
+    aet: str = "STORESCP"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "StoreSCP":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.folder.parent / f"storescp-{self.port}.log", "wb")
+        self.proc = subprocess.Popen(
+            ["storescp", "-aet", self.aet, "+B", "-od", str(self.folder), str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=DCMTK_ENV,
+        )
+        wait_port(self.port, 15, self.proc)
+        return self
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+            self.log.close()
+
+
+def storescu(port: int, files: list[Path] | list[str], *, called: str = "DICOM_NODE", calling: str = "STORESCU", extra: list[str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """dcmtk storescu with Nagle off; returns the completed process (check returncode)."""
+    args = ["storescu", "-aet", calling, "-aec", called, *(extra or []), "127.0.0.1", str(port), *map(str, files)]
+    return subprocess.run(args, env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class NodeProcess:
+    """``dicom-node serve`` in a subprocess with a config written for the test."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    destinations: dict = field(default_factory=dict)
+    rules: dict[str, str] = field(default_factory=dict)
+    extra_config: str = ""
+    quiet_seconds: float = 1.0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "node.toml"
+
+    def write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        rules_dir = self.workdir / "rules"
+        rules_dir.mkdir(exist_ok=True)
+        for name, text in self.rules.items():
+            (rules_dir / name).write_text(text)
+        dest_lines = []
+        for name, spec in self.destinations.items():
+            dest_lines.append(f"[destinations.{name}]")
+            dest_lines += [f"{k} = {json.dumps(v)}" for k, v in spec.items()]
+        self.config_path.write_text(
+            f"""
+[node]
+ae_title = "DICOM_NODE"
+port = {self.port}
+
+[storage]
+spool = "spool"
+min_free_mb = 10
+
+[database]
+url = "sqlite:///node.db"
+
+[completion]
+series_quiet_seconds = {self.quiet_seconds}
+study_quiet_seconds = {self.quiet_seconds * 2}
+
+[[listener]]
+ae_title = "DICOM_NODE"
+allowed_calling_aets = ["STORESCU", "DICOM_NODE_SCU", "SENDER2", "SENDER3", "SENDER4"]
+allowed_hosts = ["127.0.0.1"]
+
+[rules]
+folder = "rules"
+
+[delivery]
+retry_initial_seconds = 1.0
+retry_max_seconds = 4.0
+max_attempts = 5
+poll_seconds = 0.1
+
+{chr(10).join(dest_lines)}
+{self.extra_config}
+"""
+        )
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "dicom_node.cli", "--config", str(self.config_path), *args],
+            capture_output=True, text=True, timeout=timeout, cwd=self.workdir,
+        )
+
+    def start(self) -> "NodeProcess":
+        if not self.config_path.exists():
+            self.write_config()
+        self.log_path = self.workdir / f"node-{int(time.time() * 1000)}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.cli", "--config", str(self.config_path), "serve"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir,
+        )
+        wait_port(self.port, 60, self.proc)
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+            self.log.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.log.close()
