@@ -198,12 +198,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    from routing_rules import load_rules
+    from routing_rules.loader import load_rules
 
     config = _config(args)
     ruleset = load_rules(config.rules_folder, destinations=set(config.destinations))
     for rule in ruleset.rules:
-        print(f"ok     {rule.name} ({rule.level}) from {rule.source_file}")
+        print(f"ok     {rule.name} ({rule.level}{'' if rule.enabled else ', disabled'}) {rule.file}:{rule.line}")
     for error in ruleset.errors:
         print(f"ERROR  {error}")
     print(f"{len(ruleset.rules)} valid rule(s), {len(ruleset.errors)} error(s) in {config.rules_folder}")
@@ -213,7 +213,8 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 def cmd_rules_test(args: argparse.Namespace) -> int:
     import pydicom
 
-    from routing_rules import SeriesHeaders, load_rules
+    from routing_rules.headers import SeriesHeaders
+    from routing_rules.loader import load_rules
 
     config = _config(args)
     ruleset = load_rules(config.rules_folder, destinations=set(config.destinations))
@@ -227,8 +228,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     for series_uid, datasets in groups.items():
         first = datasets[0]
         print(f"series {series_uid} ({first.get('Modality', '?')}, {len(datasets)} file(s), {first.get('SeriesDescription', '')!s})")
-        for line in ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series"):
-            print(f"  {line}")
+        for explanation in ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series"):
+            print(f"  {explanation}")
     for error in ruleset.errors:
         print(f"rule error: {error}")
     return EXIT_OK

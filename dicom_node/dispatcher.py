@@ -111,20 +111,21 @@ class Dispatcher:
             self.dispatch_study(study_id)
 
     def _apply(self, session: Session, target: Target, headers: list[Dataset], now: datetime) -> list[str]:
-        from routing_rules import SeriesHeaders
+        from routing_rules.headers import SeriesHeaders, StudyHeaders
 
         ruleset = self.rules.current()
-        matches = ruleset.evaluate(SeriesHeaders.from_datasets(headers), level=target.level)
+        view = SeriesHeaders.from_datasets(headers) if target.level == "series" else StudyHeaders.from_instances(headers)
+        matches = ruleset.evaluate(view, level=target.level)
         summary = []
         for match in matches:
             outcomes = []
             for action in match.actions:
-                handler = self.handlers.get(action["type"])
+                handler = self.handlers.get(action.type)
                 if handler is None:
-                    outcomes.append(f"action type {action['type']!r} not available in this node")
-                    log.error("rule %s: action type %r has no handler", match.rule.name, action["type"])
+                    outcomes.append(f"action type {action.type!r} not available in this node")
+                    log.error("rule %s: action type %r has no handler", match.rule.name, action.type)
                     continue
-                outcomes.append(handler(session, target, match.rule.name, dict(action), now))
+                outcomes.append(handler(session, target, match.rule.name, dict(action.params), now))
             session.add(Dispatch(
                 level=target.level, series_id=target.series_id, study_id=target.study_id, rule_name=match.rule.name,
                 run_number=target.run, reasons=list(match.reasons) + outcomes, created_at=now,

@@ -14,9 +14,9 @@ class NodeRules:
     """Holds the current :class:`routing_rules.RuleSet`, reloaded when files change."""
 
     def __init__(self, config: NodeConfig) -> None:
-        from routing_rules import RulesWatcher
+        from routing_rules.store import RulesStore
 
-        self._watcher = RulesWatcher(config.rules_folder, destinations=set(config.destinations))
+        self._watcher = RulesStore(config.rules_folder, destinations=set(config.destinations))
         self._lock = threading.Lock()
         self._ruleset = self._watcher.ruleset
         self._report(self._ruleset)
