@@ -1,0 +1,1 @@
+"""PyTorch re-implementations of the MI2RLNet networks (architecture only, no I/O)."""

@@ -1,0 +1,81 @@
+"""The MI2RLNet chest X-ray lung segmentation U-Net, in PyTorch.
+
+Architecture and weight order follow MI2RLNET_MODELS.md section 4.4 and
+Appendix A.1: 22 Conv2D 3x3 'same' layers, all with bias and ReLU except the
+final 1-channel sigmoid.  The network is fully convolutional; the original
+runs it at 1024x1024, and any size divisible by 16 (four 2x2 poolings) gives
+the same per-pixel computation, which is what the equivalence tests rely on.
+
+The Keras file stores layers under auto-generated names (``conv2d_17``...),
+so :meth:`LungUNet.keras_layers` lists the convolutions in Keras topological
+order for position-based loading.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv(in_ch: int, out_ch: int) -> nn.Conv2d:
+    # 3x3 'same' with stride 1 is a symmetric one-pixel pad in torch.
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=True)
+
+
+class _UpStage(nn.Module):
+    """Nearest x2 upsampling, two convs, skip concatenation (skip first), one fusing conv."""
+
+    def __init__(self, in_ch: int, mid_ch: int, skip_ch: int) -> None:
+        super().__init__()
+        self.conv_a = _conv(in_ch, mid_ch)
+        self.conv_b = _conv(mid_ch, mid_ch)
+        self.fuse = _conv(skip_ch + mid_ch, mid_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = F.relu(self.conv_a(x))
+        x = F.relu(self.conv_b(x))
+        return F.relu(self.fuse(torch.cat([skip, x], dim=1)))
+
+
+class LungUNet(nn.Module):
+    """1-channel in, 1-channel sigmoid probability out, NCHW."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Encoder: (in, out) of the two convs per level; level 5 has one conv only.
+        self.enc1 = nn.ModuleList([_conv(1, 32), _conv(32, 32)])
+        self.enc2 = nn.ModuleList([_conv(32, 64), _conv(64, 64)])
+        self.enc3 = nn.ModuleList([_conv(64, 64), _conv(64, 64)])
+        self.enc4 = nn.ModuleList([_conv(64, 128), _conv(128, 128)])
+        self.bottom = _conv(128, 256)
+        self.up4 = _UpStage(256, 256, skip_ch=128)
+        self.up3 = _UpStage(256, 256, skip_ch=64)
+        self.up2 = _UpStage(256, 128, skip_ch=64)
+        self.up1 = _UpStage(128, 64, skip_ch=32)
+        self.head = _conv(64, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 16 or x.shape[-2] % 16:
+            raise ValueError(f"input height and width must be multiples of 16, got {tuple(x.shape[-2:])}")
+        skips = []
+        for level in (self.enc1, self.enc2, self.enc3, self.enc4):
+            for conv in level:
+                x = F.relu(conv(x))
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = F.relu(self.bottom(x))
+        for stage, skip in zip((self.up4, self.up3, self.up2, self.up1), reversed(skips)):
+            x = stage(x, skip)
+        return torch.sigmoid(self.head(x))
+
+    def keras_layers(self) -> list[nn.Module]:
+        """The 22 convolutions in Keras topological order (Appendix A.1)."""
+        layers: list[nn.Module] = []
+        for level in (self.enc1, self.enc2, self.enc3, self.enc4):
+            layers.extend(level)
+        layers.append(self.bottom)
+        for stage in (self.up4, self.up3, self.up2, self.up1):
+            layers.extend([stage.conv_a, stage.conv_b, stage.fuse])
+        layers.append(self.head)
+        return layers
