@@ -63,16 +63,16 @@ def file_info(path: str) -> FileInfo:
 
 
 def _contexts(infos: Iterable[FileInfo]) -> list:
-    """Per SOP class: the stored syntaxes in one context, uncompressed as a fallback context."""
+    """Per SOP class: one context per stored syntax (sent as is), plus an uncompressed fallback."""
     wanted: dict[UID, set[UID]] = {}
     for info in infos:
         wanted.setdefault(info.sop_class, set()).add(info.transfer_syntax)
     contexts = []
     for sop_class, syntaxes in wanted.items():
-        stored = sorted(syntaxes - set(UNCOMPRESSED))
-        for ts in stored:
+        for ts in sorted(syntaxes):
             contexts.append(build_context(sop_class, [ts]))
-        contexts.append(build_context(sop_class, UNCOMPRESSED))
+        if syntaxes != {ExplicitVRLittleEndian}:
+            contexts.append(build_context(sop_class, UNCOMPRESSED))
     if len(contexts) > 128:
         raise SendError(f"batch needs {len(contexts)} presentation contexts; the maximum is 128", permanent=True)
     return contexts
@@ -128,9 +128,10 @@ def send_dicom(
                 payload = info.path
             elif any((info.sop_class, ts) in accepted for ts in UNCOMPRESSED):
                 try:
-                    ds = pydicom.dcmread(info.path)
-                    ds.decompress()
-                    payload = ds
+                    ds = pydicom.dcmread(info.path)  # inflates deflated files
+                    if info.transfer_syntax.is_compressed:
+                        ds.decompress(generate_instance_uid=False)  # a lossless re-encoding keeps its identity
+                    payload = ds  # pynetdicom re-encodes in the accepted uncompressed syntax
                 except Exception as exc:  # noqa: BLE001 - codec errors come in many types
                     on_result(ItemResult(info.path, False, None, f"destination does not accept {info.transfer_syntax.name} and decompression failed: {exc}", 0.0))
                     continue

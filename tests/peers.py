@@ -112,13 +112,16 @@ class StoreSCP:
     folder: Path
     aet: str = "STORESCP"
     port: int = field(default_factory=free_port)
+    accept_all: bool = True  # +xa: every transfer syntax; False: uncompressed only (storescp's default)
+    unique_names: bool = False  # +uf: a new file per object received, so duplicates can be counted
     proc: subprocess.Popen | None = None
 
     def start(self) -> "StoreSCP":
         self.folder.mkdir(parents=True, exist_ok=True)
         self.log = open(self.folder.parent / f"storescp-{self.port}.log", "wb")
         self.proc = subprocess.Popen(
-            ["storescp", "-aet", self.aet, "+B", "-od", str(self.folder), str(self.port)],
+            ["storescp", "-aet", self.aet, "+B", *(["+xa"] if self.accept_all else []), *(["-uf"] if self.unique_names else []),
+             "-od", str(self.folder), str(self.port)],
             stdout=self.log, stderr=subprocess.STDOUT, env=DCMTK_ENV,
         )
         wait_port(self.port, 15, self.proc)
@@ -232,3 +235,31 @@ poll_seconds = 0.1
         self.proc.kill()
         self.proc.wait(10)
         self.log.close()
+
+
+# storescu proposes one compressed transfer syntax per run; this maps each to its flag
+_STORESCU_TS_FLAG = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
+
+def storescu_as_stored(port: int, files: list[Path], **kwargs) -> list[subprocess.CompletedProcess]:  # type: ignore[no-untyped-def]
+    """Send files in their own transfer syntax: one storescu run per syntax (no conversion)."""
+    import pydicom
+
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        ts = str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID)
+        groups.setdefault(ts, []).append(path)
+    return [storescu(port, group, extra=["-R", _STORESCU_TS_FLAG[ts]], **kwargs) for ts, group in groups.items()]
