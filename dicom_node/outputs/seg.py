@@ -173,7 +173,7 @@ def build_seg(
     the order of sorted label values) the SEG is FRACTIONAL/PROBABILITY
     instead of BINARY.
     """
-    ordered = list(sources)
+    ordered = sources_in_order(sources, seg.source_sop_instance_uids, "the segmentation")
     _check_sources(ordered, seg)
     algorithm = seg_algorithm(algorithm_name or seg.model, algorithm_version or seg.model_version, algorithm_family)
     labels, descriptions = _segments(seg, algorithm, uid_root)
