@@ -12,7 +12,10 @@ them, so each is reproduced with the library the original used:
   output voxel ``i`` samples input ``i * (n_in - 1) / (n_out - 1)``, so
   the first and last voxels of both grids coincide.  On integer arrays
   scipy rounds the interpolated values, which for a label map is the
-  linear interpolation thresholded at one half.
+  linear interpolation thresholded at one half.  With mode 'constant' a
+  floating-point overshoot of the last sample can put a whole edge plane
+  at ``cval`` 0 (e.g. 48 -> 24 rows); the originals had that too, and it
+  is kept for parity.
 """
 from __future__ import annotations
 

@@ -182,23 +182,24 @@ def abdomen_ct(
     col_dir: Sequence[float] = (0.0, 1.0, 0.0),
     kidneys: str = "both",
     tumour: bool = True,
+    kidney_z: float = 0.0,
     shuffle_seed: int | None = 0,
 ) -> Phantom:
     """An abdomen with a soft-tissue body, kidneys (label 1) and a tumour in the patient-left kidney (label 2).
 
     The patient-right kidney (LPS x < 0) is larger than the left one, so a
     left/right swap cannot go unnoticed.  ``kidneys`` is "both", "right",
-    "left" or "none".
+    "left" or "none"; ``kidney_z`` moves them along the patient z axis (mm).
     """
     half_z = (n_slices - 1) / 2 * abs(slice_step)
     shapes = [Ellipsoid((0.0, 0.0, 0.0), (cols * pixel_spacing[1] * 0.46, rows * pixel_spacing[0] * 0.42, 1e4), 40.0)]
     kz = min(18.0, 0.6 * half_z)
     if kidneys in ("both", "right"):
-        shapes.append(Ellipsoid((-24.0, 8.0, 0.0), (12.0, 15.0, kz), 200.0, 1))
+        shapes.append(Ellipsoid((-24.0, 8.0, kidney_z), (12.0, 15.0, kz), 200.0, 1))
     if kidneys in ("both", "left"):
-        shapes.append(Ellipsoid((25.0, 10.0, 3.0), (10.0, 12.0, kz * 0.8), 200.0, 1))
+        shapes.append(Ellipsoid((25.0, 10.0, kidney_z + 3.0), (10.0, 12.0, kz * 0.8), 200.0, 1))
         if tumour:
-            shapes.append(Ellipsoid((27.0, 11.0, 3.0), (5.5, 6.0, kz * 0.4), 420.0, 2))
+            shapes.append(Ellipsoid((27.0, 11.0, kidney_z + 3.0), (5.5, 6.0, kz * 0.4), 420.0, 2))
     return make_series(
         rows=rows, cols=cols, n_slices=n_slices, pixel_spacing=pixel_spacing, slice_step=slice_step,
         row_dir=row_dir, col_dir=col_dir, shapes=shapes, shuffle_seed=shuffle_seed,
