@@ -103,19 +103,17 @@ def acquisition_equipment(source: Dataset) -> hd.ContributingEquipment | None:
     manufacturer = str(source.get("Manufacturer", "") or "")
     if not manufacturer:
         return None
-    optional = {
-        "manufacturer_model_name": source.get("ManufacturerModelName"),
-        "software_versions": source.get("SoftwareVersions"),
-        "device_serial_number": source.get("DeviceSerialNumber"),
-        "institution_name": source.get("InstitutionName"),
-        "station_name": source.get("StationName"),
+    keywords = {
+        "manufacturer_model_name": "ManufacturerModelName",
+        "device_serial_number": "DeviceSerialNumber",
+        "institution_name": "InstitutionName",
+        "station_name": "StationName",
     }
-    return hd.ContributingEquipment(
-        manufacturer,
-        codes.DCM.AcquisitionEquipment,
-        **{key: (list(value) if key == "software_versions" and not isinstance(value, str) else str(value))
-           for key, value in optional.items() if value},
-    )
+    optional: dict[str, str | list[str]] = {arg: str(source.get(kw)) for arg, kw in keywords.items() if source.get(kw)}
+    versions = source.get("SoftwareVersions")
+    if versions:
+        optional["software_versions"] = [str(v) for v in versions] if not isinstance(versions, str) else versions
+    return hd.ContributingEquipment(manufacturer, codes.DCM.AcquisitionEquipment, **optional)
 
 
 def seg_algorithm(name: str, version: str, family: Code | hd.sr.CodedConcept) -> hd.AlgorithmIdentificationSequence:

@@ -10,6 +10,7 @@ model as a device.  One measurement group per finding:
   and the header value itself as a coded-question/text-answer item;
 * L/R marker boxes: a planar ROI group (TID 1410) per box, a closed
   rectangle POLYLINE on the source image, laterality left/right and score;
+  an image examined without a box gets a group saying the marker is absent;
 * segmentations: a group per segment with its volume in ml (TID 1411,
   referencing the SEG segment) or, on a single projection image, its area in
   mm2 (TID 1410, referencing the SEG frame); without a SEG, an image-level
@@ -112,7 +113,7 @@ def _report(sources: Sequence[Dataset], model: str, version: str, uid_root: str,
     return hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(uid_root, model, version)),
         procedure_reported=_procedure(sources[0]),
-        imaging_measurements=groups or None,
+        imaging_measurements=groups,
         referenced_images=list(referenced) or None,
     )
 
@@ -226,7 +227,7 @@ def build_detection_sr(
     series_description: str | None = None,
     instance_number: int = 1,
 ) -> hd.sr.ComprehensiveSR:
-    """SR of L/R marker boxes: one planar ROI group per box; no box means a report without groups."""
+    """SR of L/R marker boxes: one planar ROI group per box, an "absent" group per image without one."""
     examined = sources_in_order(sources, result.source_sop_instance_uids, "the detection")
     groups = []
     for number, box in enumerate(result.boxes, start=1):
@@ -249,9 +250,24 @@ def build_detection_sr(
                 qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.SCT.Laterality, LATERALITY[label])],
             )
         )
+    with_boxes = {box_source_uid(box, result) for box in result.boxes}
+    for source in examined:
+        if str(source.SOPInstanceUID) not in with_boxes:
+            groups.append(_no_marker_group(source, result, uid_root))
     report = _report(sources, result.model, result.model_version, uid_root, groups, examined)
     return _document(examined, report, model=result.model, uid_root=uid_root, series_number=series_number,
                      series_description=series_description or f"{result.model} SR", instance_number=instance_number)
+
+
+def _no_marker_group(source: Dataset, result: Detection, uid_root: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """An examined image without a box says so explicitly: marker presence = absent."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(uid_root), identifier="no L/R marker found"),
+        finding_type=OPAQUE_MARKER,
+        algorithm_id=sr_algorithm(result.model, result.model_version),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, codes.SCT.Absent)],
+        source_images=_group_source_images([source]),
+    )
 
 
 def _slice_spacing(datasets: Sequence[Dataset]) -> float | None:
