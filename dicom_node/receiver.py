@@ -84,6 +84,9 @@ class Receiver:
     def _reject(self, event: evt.Event, triple: tuple[int, int, int], why: str) -> None:
         log.warning("association from %s rejected: %s", event.assoc.requestor.address, why)
         event.assoc.acse.send_reject(*triple)
+        # as pynetdicom does for its own rejections: let the DUL send the
+        # A-ASSOCIATE-RJ before the server closes the socket
+        event.assoc.kill()
 
     def _on_requested(self, event: evt.Event) -> None:
         primitive = event.assoc.requestor.primitive

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,9 +102,13 @@ def _association_failure(assoc, destination: DicomDestination) -> str:  # type: 
         rj = assoc.acceptor.primitive
         detail = f" (result {rj.result}, source {rj.result_source}, reason {rj.diagnostic})" if rj is not None else ""
         return f"association rejected by {where}{detail}"
+    try:  # pynetdicom reports a refused connection as an abort: tell the two apart
+        socket.create_connection((destination.host, destination.port), timeout=3).close()
+    except OSError as exc:
+        return f"cannot connect to {where}: {exc.strerror or exc}"
     if assoc.is_aborted:
         return f"association aborted by {where}"
-    return f"cannot connect to {where}"
+    return f"no association with {where}"
 
 
 def send_dicom(

@@ -175,8 +175,14 @@ def chest_dx(
     ds.ImageLaterality = "U"
     ds.ViewPosition = view
     view_code = Dataset()
-    view_code.CodeValue, view_code.CodingSchemeDesignator = ("399348003", "SCT") if view in ("PA", "AP") else ("260451002", "SCT")
-    view_code.CodeMeaning = "postero-anterior" if view in ("PA", "AP") else "lateral"
+    view_codes = {  # CID 4010 DX view, SCT codes
+        "PA": ("272479007", "postero-anterior"),
+        "AP": ("399348003", "antero-posterior"),
+        "LL": ("399173006", "left lateral"),
+        "RL": ("399198007", "right lateral"),
+    }
+    value, meaning = view_codes.get(view, ("399173006", "left lateral"))
+    view_code.CodeValue, view_code.CodingSchemeDesignator, view_code.CodeMeaning = value, "SCT", meaning
     ds.ViewCodeSequence = Sequence([view_code])
     ds.PatientOrientation = ["L", "F"] if view in ("PA", "AP") else ["A", "F"]
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
