@@ -8,6 +8,8 @@ from torch import nn
 
 from ai_models import Segmentation, WeightError, get_info, load_model
 from ai_models.abdomen.kidney import (
+    FINE_MEAN,
+    FINE_STD,
     KidneyTumorSegmentation,
     coarse_normalise,
     largest_component,
@@ -122,6 +124,41 @@ def test_no_kidney_gives_an_empty_mask():
     seg = _model(cube=48).predict(phantom.datasets)
     assert seg.details["kidneys_found"] == [] and not seg.mask.any()
     assert seg.volumes_ml == {"kidney": 0.0, "kidney tumor": 0.0}
+
+
+class FineBands(nn.Module):
+    """3-class stand-in for the fine stages, with edges on a given HU -> input scale."""
+
+    def __init__(self, scale) -> None:
+        super().__init__()
+        self.edges = [scale(120.0), scale(250.0)]  # kidney/body and tumour/kidney (tumour clips to 300)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        classes = sum((x[:, 0] > e).long() for e in self.edges)
+        return nn.functional.one_hot(classes, 3).permute(0, 4, 1, 2, 3).float()
+
+
+def _fine_stand_ins() -> dict[str, nn.Module]:
+    fixed = FineBands(lambda hu: (hu - FINE_MEAN) / FINE_STD)
+    # The min-max crops span air (-100 after clipping) to tumour (300).
+    minmax = FineBands(lambda hu: (hu + 100.0) / 400.0)
+    return {**STAND_INS, "stage2_2": fixed, "stage2_3": minmax, "stage2_4": minmax, "stage2_5": fixed}
+
+
+@pytest.mark.parametrize("kidneys", ["both", "left"])
+def test_fine_stages_land_on_the_phantom_at_native_resolution(kidneys):
+    """Stages 2_2-2_5 work in the KiTS (x, y, z) layout with mirroring; their masks must come back in place."""
+    phantom = abdomen_ct(kidneys=kidneys, row_dir=(-1.0, 0.0, 0.0), slice_step=-2.5)
+    model = KidneyTumorSegmentation.with_networks(_fine_stand_ins(), stages="all")
+    model.cube = 48
+    if kidneys == "left":
+        model.fine_box = (96, 80, 40)  # otherwise the default 380 x 230 x 72, padded around this small volume
+    seg = model.predict(phantom.datasets)
+    truth = phantom.truth_for(seg.source_sop_instance_uids)
+    for stage in ("stage2_2", "stage2_3", "stage2_4", "stage2_5"):
+        mask = seg.details["stage_masks"][stage]
+        for label in (1, 2):
+            assert dice(mask == label, truth == label) > 0.95, (stage, label)
 
 
 def test_non_ct_series_is_refused():
