@@ -35,6 +35,7 @@ class RecoveryReport:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs; a zombie (killed, not yet reaped by a lazy init) counts as dead."""
     if pid == os.getpid():
         return True
     try:
@@ -43,7 +44,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return True
 
 
 def recover(config: NodeConfig, db: Database, spool: Spool) -> RecoveryReport:

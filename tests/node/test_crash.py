@@ -1,0 +1,134 @@
+"""SIGKILL during reception and during delivery loses nothing acknowledged and delivers once."""
+from __future__ import annotations
+
+import collections
+import sqlite3
+import threading
+import time
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, build_context
+from pynetdicom.sop_class import CTImageStorage
+
+from dicom_node.synthetic import chest_ct_series, write_datasets
+from tests.node.conftest import forward_rule
+from tests.peers import StoreSCP, storescu, wait_port
+
+pytestmark = pytest.mark.peers
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def query(node, sql: str):  # type: ignore[no-untyped-def]
+    with sqlite3.connect(node.workdir / "node.db", timeout=30) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def arrivals(scp: StoreSCP) -> collections.Counter:
+    """SOP Instance UID -> number of copies storescp wrote (files still being written are skipped)."""
+    counts: collections.Counter = collections.Counter()
+    for path in scp.files():
+        try:
+            counts[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] += 1
+        except (AttributeError, OSError, pydicom.errors.InvalidDicomError):
+            continue
+    return counts
+
+
+@pytest.fixture
+def scp(tmp_path):  # type: ignore[no-untyped-def]
+    peer = StoreSCP(tmp_path / "scp-in", unique_names=True).start()
+    yield peer
+    peer.stop()
+
+
+def restart(node) -> None:  # type: ignore[no-untyped-def]
+    node.start()
+    wait_port(node.port, 60, node.proc)
+
+
+def test_sigkill_during_reception_keeps_every_acknowledged_instance(make_node, scp) -> None:
+    node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}},
+                     rules={"f.toml": forward_rule("scp")})
+    series = chest_ct_series(80, 128, seed=7)
+    acked: list[str] = []
+    killed = threading.Event()
+
+    def sender() -> None:
+        ae = AE(ae_title="DICOM_NODE_SCU")
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOM_NODE", contexts=[build_context(CTImageStorage, ExplicitVRLittleEndian)])
+        for ds in series:
+            try:
+                status = assoc.send_c_store(ds)
+            except Exception:  # noqa: BLE001 - the peer died under us
+                break
+            if status and status.get("Status") == 0:
+                acked.append(str(ds.SOPInstanceUID))
+            else:
+                break
+            if len(acked) == 25:
+                node.kill()  # SIGKILL the whole node mid-association
+                killed.set()
+        if assoc.is_established:
+            assoc.abort()
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    thread.join(120)
+    assert killed.is_set() and 25 <= len(acked) < len(series)
+
+    restart(node)
+    stored = {row[0] for row in query(node, "select sop_instance_uid from instances")}
+    assert set(acked) <= stored, "an acknowledged instance was lost"
+    assert "node-restart" in {row[0] for row in query(node, "select end_reason from associations")}
+    # the modality sends the whole series again, as it would after an aborted association
+    assert storescu(node.port, write_datasets(series, node.workdir / "resend")).returncode == 0
+    counts = wait_for(lambda: (lambda c: c if len(c) == len(series) else None)(arrivals(scp)), timeout=60)
+    time.sleep(1.5)
+    counts = arrivals(scp)
+    assert set(counts) == {str(d.SOPInstanceUID) for d in series}
+    duplicates = sum(n - 1 for n in counts.values())
+    possible = sum(r[0] for r in query(node, "select possible_duplicates from deliveries"))
+    assert duplicates <= possible, f"{duplicates} duplicate(s) at the destination, {possible} counted"
+
+
+def test_sigkill_during_delivery_resumes_and_delivers_once(make_node, scp, tmp_path) -> None:
+    node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}},
+                     rules={"f.toml": forward_rule("scp")})
+    series = chest_ct_series(150, 256, seed=8)
+    assert storescu(node.port, write_datasets(series, tmp_path / "ct")).returncode == 0
+    wait_for(lambda: len(scp.files()) >= 10, interval=0.02)
+    node.kill()
+    before = len(scp.files())
+    assert before < len(series), "delivery finished before the kill; make the series bigger"
+    assert query(node, "select state from deliveries") == [("sending",)]
+
+    restart(node)
+    wait_for(lambda: query(node, "select state from deliveries") == [("delivered",)], timeout=90)
+    counts = arrivals(scp)
+    assert set(counts) == {str(d.SOPInstanceUID) for d in series}
+    duplicates = sum(n - 1 for n in counts.values())
+    possible = query(node, "select possible_duplicates from deliveries")[0][0]
+    assert possible == 1 and duplicates <= 1, f"{duplicates} duplicate(s); the node counted {possible} possible"
+
+
+def test_completion_timer_survives_a_restart(make_node, scp, tmp_path) -> None:
+    node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}},
+                     rules={"f.toml": forward_rule("scp")}, quiet_seconds=3.0)
+    series = chest_ct_series(5, 32, seed=9)
+    assert storescu(node.port, write_datasets(series, tmp_path / "ct")).returncode == 0
+    node.kill()  # inside the quiet period: nothing dispatched yet
+    assert query(node, "select state from series") == [("receiving",)]
+    restart(node)
+    wait_for(lambda: len(scp.files()) == 5, timeout=30)
+    assert query(node, "select state, run_count from series") == [("dispatched", 1)]
