@@ -1,0 +1,95 @@
+"""The same node on a real PostgreSQL (Debian's server, a throwaway cluster)."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+
+from dicom_node.synthetic import chest_ct_series, write_datasets
+from tests.node.conftest import forward_rule
+from tests.peers import DCMTK_ENV, StoreSCP, free_port, wait_port
+
+pytestmark = [pytest.mark.peers, pytest.mark.postgres]
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():  # type: ignore[no-untyped-def]
+    """Start a private PostgreSQL cluster on a free loopback port; stop it by PID."""
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not installed (deploy/test.sh installs them)")
+    # directly under /tmp: pytest's own temp folders are private to root, and
+    # initdb refuses to run as root, so the server runs as user postgres
+    base = Path(tempfile.mkdtemp(prefix="dicom-node-pg-"))
+    data = base / "data"
+    port = free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(base, "postgres")
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
+    proc = subprocess.Popen(
+        [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=on"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, 30, proc)
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    for _ in range(50):
+        try:
+            sqlalchemy.create_engine(url).connect().close()
+            break
+        except sqlalchemy.exc.OperationalError:
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(30)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_node_on_postgresql_receives_from_concurrent_senders_and_forwards(make_node, postgres_url, tmp_path) -> None:
+    scp = StoreSCP(tmp_path / "scp-in").start()
+    try:
+        node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}},
+                         rules={"f.toml": forward_rule("scp")})
+        node.stop()
+        node.config_path.write_text(node.config_path.read_text().replace('url = "sqlite:///node.db"', f'url = "{postgres_url}"'))
+        node.start()
+        procs = []
+        expected = 0
+        for i, calling in enumerate(["STORESCU", "SENDER2", "SENDER3"]):
+            series = chest_ct_series(15, 64, seed=40 + i)
+            expected += len(series)
+            files = write_datasets(series, tmp_path / f"s{i}")
+            procs.append(subprocess.Popen(["storescu", "-aet", calling, "-aec", "DICOM_NODE", "127.0.0.1", str(node.port), *map(str, files)], env=DCMTK_ENV))
+        assert all(p.wait(120) == 0 for p in procs)
+        engine = sqlalchemy.create_engine(postgres_url)
+        with engine.connect() as conn:
+            assert conn.execute(sqlalchemy.text("select count(*) from instances")).scalar() == expected
+            assert conn.execute(sqlalchemy.text("select version_num from alembic_version")).scalar() == "0001"
+        deadline = time.monotonic() + 60
+        while len(scp.files()) < expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(scp.files()) == expected
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the last item is committed just after storescp wrote it
+            with engine.connect() as conn:
+                states = conn.execute(sqlalchemy.text("select state, count(*) from deliveries group by state")).all()
+            if states == [("delivered", 3)]:
+                break
+            time.sleep(0.2)
+        assert states == [("delivered", 3)]
+        engine.dispose()
+    finally:
+        scp.stop()
