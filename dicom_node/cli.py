@@ -255,8 +255,18 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return EXIT_OK
+    print(f"weights folder: {config.weights_dir} (<model>/<key>.<ext>)")
     for row in rows:
-        print(f"{row['name']:<18} {row.get('status', ''):<12} {row.get('task', '')}")
+        if row["available"]:
+            state = "ready"
+        elif any(w["found"] and w["valid"] is False for w in row["weights"]):
+            state = "BAD WEIGHTS"
+        else:
+            state = "no weights"
+        print(f"{row['name']:<16} {state:<12} {', '.join(row['modalities']):<10} {row['task']}")
+        for weight in row["weights"]:
+            if weight["found"] and weight["valid"] is False:
+                print(f"    {weight['key']}: {weight['path']}: {weight['problem']}")
     return EXIT_OK
 
 
