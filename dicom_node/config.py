@@ -93,8 +93,19 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    """Model runs: worker processes, per-job timeout, result confidence."""
+
+    workers: int = 1
+    timeout_seconds: float = 900.0
+    poll_seconds: float = 0.5
+    max_attempts: int = 2
+
+
+@dataclass(frozen=True)
 class StorageSettings:
     spool: Path
+    results: Path
     fsync: bool = True
     max_used_percent: float = 90.0
     min_free_mb: float = 2048.0
@@ -116,6 +127,7 @@ class NodeConfig:
     rules_folder: Path
     delivery: DeliverySettings
     weights_dir: Path
+    jobs: JobSettings
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -219,7 +231,7 @@ def _destination(name: str, table: dict[str, Any], base: Path) -> Destination:
 
 def parse_config(data: dict[str, Any], base: Path, path: Path | None = None) -> NodeConfig:
     """Validate a parsed TOML document; ``base`` resolves relative paths."""
-    _no_unknown(data, {"node", "storage", "database", "completion", "listener", "destinations", "rules", "delivery", "models", "logging"}, "node.toml")
+    _no_unknown(data, {"node", "storage", "database", "completion", "listener", "destinations", "rules", "delivery", "models", "logging", "jobs"}, "node.toml")
     node = _take(data, "node", dict, "node.toml", {})
     _no_unknown(node, {"ae_title", "bind", "port", "max_pdu", "uid_root"}, "node")
     ae_title = _ae_title(_take(node, "ae_title", str, "node", "DICOM_NODE"), "node.ae_title")
@@ -237,12 +249,13 @@ def parse_config(data: dict[str, Any], base: Path, path: Path | None = None) -> 
         raise ConfigError(f"node.uid_root: {uid_root!r} is not a valid UID root (digits and dots, at most 24 characters)")
 
     storage_t = _take(data, "storage", dict, "node.toml", {})
-    _no_unknown(storage_t, {"spool", "fsync", "max_used_percent", "min_free_mb"}, "storage")
+    _no_unknown(storage_t, {"spool", "results", "fsync", "max_used_percent", "min_free_mb"}, "storage")
     max_used = _take(storage_t, "max_used_percent", float, "storage", 90.0)
     if not 0 < max_used <= 100:
         raise ConfigError(f"storage.max_used_percent: must be in (0, 100], got {max_used}")
     storage = StorageSettings(
         spool=(base / _take(storage_t, "spool", str, "storage", "var/spool")).resolve(),
+        results=(base / _take(storage_t, "results", str, "storage", "var/results")).resolve(),
         fsync=_take(storage_t, "fsync", bool, "storage", True),
         max_used_percent=max_used,
         min_free_mb=_take(storage_t, "min_free_mb", float, "storage", 2048.0),
@@ -309,6 +322,15 @@ def parse_config(data: dict[str, Any], base: Path, path: Path | None = None) -> 
         poll_seconds=_positive(_take(delivery_t, "poll_seconds", float, "delivery", 0.2), "delivery.poll_seconds"),
     )
 
+    jobs_t = _take(data, "jobs", dict, "node.toml", {})
+    _no_unknown(jobs_t, set(JobSettings.__dataclass_fields__), "jobs")
+    jobs = JobSettings(
+        workers=int(_positive(_take(jobs_t, "workers", int, "jobs", 1), "jobs.workers")),
+        timeout_seconds=_positive(_take(jobs_t, "timeout_seconds", float, "jobs", 900.0), "jobs.timeout_seconds"),
+        poll_seconds=_positive(_take(jobs_t, "poll_seconds", float, "jobs", 0.5), "jobs.poll_seconds"),
+        max_attempts=int(_positive(_take(jobs_t, "max_attempts", int, "jobs", 2), "jobs.max_attempts")),
+    )
+
     models = _take(data, "models", dict, "node.toml", {})
     _no_unknown(models, {"weights_dir"}, "models")
     weights_dir = (base / _take(models, "weights_dir", str, "models", "var/weights")).resolve()
@@ -322,7 +344,7 @@ def parse_config(data: dict[str, Any], base: Path, path: Path | None = None) -> 
     return NodeConfig(
         path=path, ae_title=ae_title, bind=bind, port=port, max_pdu=max_pdu, uid_root=uid_root,
         storage=storage, database_url=url, completion=completion, listeners=tuple(listeners),
-        destinations=destinations, rules_folder=rules_folder, delivery=delivery, weights_dir=weights_dir,
+        destinations=destinations, rules_folder=rules_folder, delivery=delivery, weights_dir=weights_dir, jobs=jobs,
         log_level=level,
     )
 
