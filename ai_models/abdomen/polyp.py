@@ -85,7 +85,7 @@ class PolypSegmentation(Model):
 
     info = ModelInfo(
         name="polyp",
-        task="polyp-segmentation",
+        task="polyp segmentation on colonoscopy images",
         modalities=("ES",),
         input_kind="image",
         output_kind="segmentation",

@@ -40,11 +40,13 @@ from ai_models.inputs import Source
 from ai_models.nets.unet_bet import BetUNet
 from ai_models.registry import ModelInfo, WeightSpec, register
 from ai_models.results import Segmentation
-from ai_models.volume import read_volume
+from ai_models.volume import AxisMap, read_volume, require_modality, segmentation_from_canonical
 from ai_models.weights.torch_checkpoint import load_state_dict
 
 # Reference post-processing: morphological opening with a 5x5 square, per slice.
 _OPENING_KERNEL = np.ones((5, 5), np.uint8)
+# The network and post-processing work on the series' own grid, so the mask needs no reorientation.
+_SERIES_GRID = AxisMap(order=(0, 1, 2), flip=(False, False, False))
 # MRA window (percentiles of the whole volume) of the reference.
 MRA_WINDOW_PERCENTILES = (40.0, 98.5)
 
@@ -149,20 +151,13 @@ class BrainExtraction(Model):
     def predict(self, source: Source) -> Segmentation:
         """Brain mask of one MR series, one frame per source image (sorted along the slice normal)."""
         volume = read_volume(source, values="hu")
+        require_modality(volume, self.info.name, self.info.modalities)
         image, details = self.normalise(volume.array)
-        mask = np.ascontiguousarray(clean_mask(self._foreground(image)))
+        mask = clean_mask(self._foreground(image))
         details.update(threshold=float(self.options["threshold"]), in_plane=self.options["in_plane"])
-        if volume.warnings:
-            details["geometry_warnings"] = list(volume.warnings)
-        return Segmentation(
-            model=self.info.name,
-            model_version=self.info.version,
-            mask=mask,
-            label_names={1: "brain"},
-            source_sop_instance_uids=list(volume.sop_instance_uids),
-            spacing_mm=volume.spacing,
-            volumes_ml={"brain": float(mask.sum()) * volume.voxel_volume_ml},
-            details=details,
+        return segmentation_from_canonical(
+            volume, mask, _SERIES_GRID, model=self.info.name, model_version=self.info.version,
+            label_names={1: "brain"}, details=details,
         )
 
 
@@ -171,7 +166,7 @@ class T1BrainExtraction(BrainExtraction):
 
     info = ModelInfo(
         name="bet-t1",
-        task="brain-extraction",
+        task="brain extraction on T1-weighted MRI",
         modalities=("MR",),
         input_kind="series",
         output_kind="segmentation",
@@ -193,7 +188,7 @@ class MraBrainExtraction(BrainExtraction):
 
     info = ModelInfo(
         name="bet-mra",
-        task="brain-extraction",
+        task="brain extraction on MR angiography",
         modalities=("MR",),
         input_kind="series",
         output_kind="segmentation",

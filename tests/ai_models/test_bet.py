@@ -15,7 +15,7 @@ import torch
 from phantoms3d import Ellipsoid, Phantom, dice, make_series
 from torch import nn
 
-from ai_models import ModelError, Segmentation, WeightError, load_model
+from ai_models import InputError, ModelError, Segmentation, WeightError, load_model
 from ai_models.brain.bet import clean_mask, mra_window
 
 torch.set_num_threads(1)
@@ -285,3 +285,10 @@ def test_random_weights_end_to_end(checkpoint_path) -> None:
 def test_unknown_option_values_are_rejected(checkpoint_path) -> None:
     with pytest.raises(ModelError, match="in_plane"):
         load_model("bet-t1", weights=checkpoint_path, device="cpu", in_plane="sideways")
+
+
+def test_a_ct_series_is_refused(checkpoint_path) -> None:
+    ct = make_series(rows=32, cols=32, n_slices=4, shapes=[BRAIN], modality="CT", shuffle_seed=0)
+    model = load_model("bet-t1", weights=checkpoint_path, device="cpu")
+    with pytest.raises(InputError, match="MR"):
+        model.predict(ct.datasets)

@@ -50,6 +50,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -691,6 +692,26 @@ def print_table(rows: list[Row], device: str) -> None:
         print(line)
 
 
+def bench_all(infos: list[Any], args: argparse.Namespace, scratch: Path) -> list[Row]:
+    """Write each input once, then benchmark every model on its input."""
+    rng = np.random.default_rng(0)
+    inputs: dict[str, Path] = {}
+    rows: list[Row] = []
+    for info in infos:
+        plan = plan_input(info.modalities, args.quick)
+        if plan is None:
+            rows.append(Row(info.name, status="skipped", notes=[f"no synthetic input for modalities {info.modalities}"]))
+            continue
+        if plan.key not in inputs:
+            folder = scratch / plan.key
+            folder.mkdir()
+            WRITERS[plan.kind](folder, plan, rng)
+            inputs[plan.key] = folder
+        print(f"# {info.name}: {plan.label} ...", file=sys.stderr, flush=True)
+        rows.append(bench_model(info, inputs[plan.key], plan, args, scratch))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", help="comma-separated model names (default: all registered)")
@@ -737,21 +758,10 @@ def main(argv: list[str] | None = None) -> int:
     for module, error in IMPORT_ERRORS.items():
         print(f"# not registered (import failed): {module}: {error}")
     scratch = Path(tempfile.mkdtemp(prefix="bench-models-", dir=args.scratch))
-    rng = np.random.default_rng(0)
-    inputs: dict[str, Path] = {}
-    rows: list[Row] = []
-    for info in infos:
-        plan = plan_input(info.modalities, args.quick)
-        if plan is None:
-            rows.append(Row(info.name, status="skipped", notes=[f"no synthetic input for modalities {info.modalities}"]))
-            continue
-        if plan.key not in inputs:
-            folder = scratch / plan.key
-            folder.mkdir()
-            WRITERS[plan.kind](folder, plan, rng)
-            inputs[plan.key] = folder
-        print(f"# {info.name}: {plan.label} ...", file=sys.stderr, flush=True)
-        rows.append(bench_model(info, inputs[plan.key], plan, args, scratch))
+    try:
+        rows = bench_all(infos, args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # inputs and weight files are hundreds of MB
     print()
     print_table(rows, args.device)
     if args.json:
