@@ -129,7 +129,7 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from dicom_node.completion import waiting_series
-    from dicom_node.db import Database, Delivery, Instance, Series, Study
+    from dicom_node.db import Database, Delivery, Instance, Job, Series, Study
     from dicom_node.delivery import utcnow
 
     db = Database(config.database_url)
@@ -139,7 +139,15 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
             "series": dict(session.execute(select(Series.state, func.count()).group_by(Series.state)).all()),
             "instances": session.scalar(select(func.count()).select_from(Instance)),
             "deliveries": dict(session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()),
+            "jobs": dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all()),
         }
+        jobs = [
+            {
+                "id": j.id, "rule": j.rule_name, "model": j.action.get("model"), "state": j.state, "run": j.run_number,
+                "attempts": j.attempts, "error": j.error, "timings": j.timings, "result": j.result,
+            }
+            for j in session.scalars(select(Job).order_by(Job.id.desc()).limit(20)).all()
+        ]
         waits = [
             {
                 "series_instance_uid": w.series_uid, "modality": w.modality, "instances": w.instances,
@@ -158,7 +166,7 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
             for d in session.scalars(select(Delivery).order_by(Delivery.id.desc()).limit(50)).all()
         ]
     db.dispose()
-    return {"counts": counts, "waiting_series": waits, "recent_deliveries": deliveries}
+    return {"counts": counts, "waiting_series": waits, "recent_jobs": jobs, "recent_deliveries": deliveries}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -170,11 +178,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"studies {c['studies']}, instances {c['instances']}")
     print("series: " + (", ".join(f"{k} {v}" for k, v in sorted(c["series"].items())) or "none"))
     print("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(c["deliveries"].items())) or "none"))
+    print("model jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(c["jobs"].items())) or "none"))
     if report["waiting_series"]:
         print("\nwaiting series:")
         for w in report["waiting_series"]:
             fires = f", fires at {w['fires_at']}" if w["fires_at"] else ""
             print(f"  {w['series_instance_uid']} {w['modality'] or '?'} {w['instances']} inst: {w['reason']}{fires}")
+    if report["recent_jobs"]:
+        print("\nrecent model jobs:")
+        for j in report["recent_jobs"]:
+            took = f" in {j['timings']['total_s']:.1f}s" if j["timings"] and "total_s" in j["timings"] else ""
+            error = f" error: {j['error']}" if j["error"] and j["state"] != "done" else ""
+            print(f"  #{j['id']} {j['rule']} -> {j['model']} run {j['run']}: {j['state']}{took}{error}")
     if report["recent_deliveries"]:
         print("\nrecent deliveries:")
         for d in report["recent_deliveries"]:
@@ -187,19 +202,30 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     from dicom_node.db import Database
     from dicom_node.delivery import retry
+    from dicom_node.jobs import retry_jobs
 
-    if not args.delivery and not args.all_failed:
-        print("say which: --delivery ID (repeatable) or --all-failed", file=sys.stderr)
+    if not args.delivery and not args.all_failed and not args.job:
+        print("say which: --delivery ID, --job ID (both repeatable) or --all-failed", file=sys.stderr)
         return EXIT_USAGE
     config = _config(args)
-    count = retry(Database(config.database_url), delivery_ids=args.delivery, all_failed=args.all_failed)
-    print(f"{count} deliver{'y' if count == 1 else 'ies'} queued again")
+    db = Database(config.database_url)
+    count = 0
+    if args.delivery or args.all_failed:
+        deliveries = retry(db, delivery_ids=args.delivery, all_failed=args.all_failed)
+        print(f"{deliveries} deliver{'y' if deliveries == 1 else 'ies'} queued again")
+        count += deliveries
+    if args.job:
+        jobs = retry_jobs(db, args.job)
+        print(f"{jobs} job(s) queued again")
+        count += jobs
     return EXIT_OK if count else EXIT_FAILED
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
+    from dicom_node.model_action import register
     from routing_rules.loader import load_rules
 
+    register()
     config = _config(args)
     ruleset = load_rules(config.rules_folder, destinations=set(config.destinations))
     for rule in ruleset.rules:
@@ -213,9 +239,11 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 def cmd_rules_test(args: argparse.Namespace) -> int:
     import pydicom
 
+    from dicom_node.model_action import register
     from routing_rules.headers import SeriesHeaders
     from routing_rules.loader import load_rules
 
+    register()
     config = _config(args)
     ruleset = load_rules(config.rules_folder, destinations=set(config.destinations))
     groups: dict[str, list[Any]] = {}
@@ -294,9 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("retry", help="queue failed deliveries again")
+    p = sub.add_parser("retry", help="queue failed deliveries or model jobs again")
     p.add_argument("--delivery", type=int, action="append", help="delivery id (repeatable)")
     p.add_argument("--all-failed", action="store_true", help="every delivery in state failed")
+    p.add_argument("--job", type=int, action="append", help="model job id to run again (repeatable)")
     p.set_defaults(func=cmd_retry)
 
     rules = sub.add_parser("rules", help="validate rules or dry-run them on files")
@@ -306,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = rules_sub.add_parser("test", help="show which rules would fire for DICOM files or folders, and why")
     p.add_argument("paths", nargs="+")
     p.set_defaults(func=cmd_rules_test)
+    from dicom_node.web.cli_commands import register as register_admin_commands  # web admin hook
+    register_admin_commands(sub, rules_sub)
 
     p = sub.add_parser("generate", help="write synthetic test DICOM (no patient data)")
     p.add_argument("kind", choices=["ct", "dx"])

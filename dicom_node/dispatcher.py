@@ -93,7 +93,9 @@ class Dispatcher:
 
     def __init__(self, config: NodeConfig, db: Database, rules: RulesSource, on_queued: Callable[[], None] = lambda: None) -> None:
         self.config, self.db, self.rules, self.on_queued = config, db, rules, on_queued
-        self.handlers: dict[str, ActionHandler] = {"forward": forward_action}
+        from dicom_node.model_action import queue_model_job
+
+        self.handlers: dict[str, ActionHandler] = {"forward": forward_action, "model": queue_model_job}
 
     def sweep(self) -> None:
         now = utcnow()

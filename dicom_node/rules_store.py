@@ -14,8 +14,10 @@ class NodeRules:
     """Holds the current :class:`routing_rules.RuleSet`, reloaded when files change."""
 
     def __init__(self, config: NodeConfig) -> None:
+        from dicom_node.model_action import register
         from routing_rules.store import RulesStore
 
+        register()
         self._watcher = RulesStore(config.rules_folder, destinations=set(config.destinations))
         self._lock = threading.Lock()
         self._ruleset = self._watcher.ruleset

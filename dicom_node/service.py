@@ -29,7 +29,7 @@ def setup_logging(level: str) -> None:
         level=getattr(logging, level), stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s",
     )
-    for noisy in ("pynetdicom", "apscheduler", "alembic"):
+    for noisy in ("pynetdicom", "apscheduler", "alembic", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -92,8 +92,9 @@ class Node:
         from dicom_node.db import Database
         from dicom_node.delivery import DeliveryWorkers
         from dicom_node.dispatcher import Dispatcher
+        from dicom_node.jobs import JobSupervisor
         from dicom_node.recovery import recover
-        from dicom_node.rules_store import NodeRules
+        from dicom_node.rules_db import open_rule_source  # web admin hook: folder or database rules
         from dicom_node.spool import Spool
 
         config = self.config
@@ -102,19 +103,24 @@ class Node:
         db = Database(config.database_url)
         spool = Spool(config.storage.spool, fsync=config.storage.fsync)
         recover(config, db, spool)
-        rules = NodeRules(config)
+        rules = open_rule_source(config, db)  # web admin hook: [rules] source, plus self-test rules
         workers = DeliveryWorkers(db, config)
         dispatcher = Dispatcher(config, db, rules, on_queued=workers.wake)
         scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 5})
         scheduler.add_job(dispatcher.sweep, "interval", seconds=0.25, id="completion-sweep")
         scheduler.add_job(rules.reload_if_changed, "interval", seconds=2, id="rules-reload")
+        supervisor = JobSupervisor(self.config_path, config, db)
+        scheduler.add_job(supervisor.check, "interval", seconds=1, id="job-supervisor")
         receiver = self._start_receiver()
         if not _wait_for_port(config.bind, config.port, 30):
             log.error("receiver did not start listening on %s:%d", config.bind, config.port)
             receiver.terminate()
             return 1
         workers.start()
+        supervisor.start()
         scheduler.start()
+        from dicom_node.web.server import start_web  # web admin hook: admin app in a thread ([web])
+        web = start_web(config, db, rules)
         log.info("ready: %s listening on %s:%d", ", ".join(l.ae_title for l in config.listeners), config.bind, config.port)
         try:
             while not self.stop_event.wait(0.5):
@@ -123,11 +129,14 @@ class Node:
                     receiver = self._start_receiver()
         finally:
             log.info("stopping")
+            if web is not None:  # web admin hook
+                web.stop()
             receiver.terminate()
             receiver.join(15)
             if receiver.is_alive():
                 receiver.kill()
             scheduler.shutdown(wait=True)
+            supervisor.stop()
             workers.stop()
             db.dispose()
             log.info("stopped")

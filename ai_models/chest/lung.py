@@ -102,7 +102,10 @@ class LungSegmenter(Model):
             "The DICOM-to-8-bit conversion used for training is unknown; VOI window or min-max is used.",
             "Mask resized back with bilinear interpolation + threshold (the original returned 1024x1024).",
         ),
-        options={"threshold": 0.5, "clean": True},
+        # input_size: the network's square input side. The published weights were trained at 1024;
+        # the net is fully convolutional, so smaller multiples of 16 run faster at lower accuracy
+        # (useful for plumbing tests and quick previews, not for clinical use).
+        options={"threshold": 0.5, "clean": True, "input_size": INPUT_SIZE},
     )
 
     def __init__(self, weights: dict[str, Path], device: torch.device, **options: Any) -> None:
@@ -110,9 +113,9 @@ class LungSegmenter(Model):
         self.net = LungUNet()
         load_keras_weights_topological(self.net.keras_layers(), weights["weights"])
         self.net.eval().to(device)
-        # The net is fully convolutional; the original size is kept here as an attribute so that
-        # tests can run the whole pipeline at a small size on a CPU.
-        self.input_size = INPUT_SIZE
+        self.input_size = int(self.options["input_size"])
+        if self.input_size < 16 or self.input_size % 16:
+            raise ValueError(f"lung: input_size must be a multiple of 16 (the U-Net halves it 4 times), got {self.input_size}")
 
     @torch.no_grad()
     def probabilities(self, image: np.ndarray) -> np.ndarray:
