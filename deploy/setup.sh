@@ -33,3 +33,26 @@ if [ "$mode" = "test" ]; then
 else
   .venv/bin/pip install -q -e ".[web]"
 fi
+
+# --- viewer check (tests/viewer, test mode only) ------------------------------
+# npm packages for the Node SEG check, and the prebuilt OHIF viewer (npm pack of
+# @ohif/app, unpacked into the git-ignored tests/viewer/.ohif/) for the browser
+# test.  Without node/npm those tests skip; see docs/viewer_check.md.
+if [ "$mode" = "test" ]; then
+  if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    npm ci --prefix tests/viewer --no-audit --no-fund --loglevel=error
+    ohif_version="$(node -p "require('./tests/viewer/package.json').ohifApp")"
+    ohif_dir=tests/viewer/.ohif
+    ohif_found="$(node -p "try { require('./$ohif_dir/package/package.json').version } catch (e) { '' }")"
+    if [ "$ohif_found" != "$ohif_version" ]; then
+      echo "fetching @ohif/app@$ohif_version (prebuilt viewer, about 50 MB)"
+      rm -rf "$ohif_dir" && mkdir -p "$ohif_dir"
+      npm pack --silent --pack-destination "$ohif_dir" "@ohif/app@$ohif_version" >/dev/null
+      tar xzf "$ohif_dir/ohif-app-$ohif_version.tgz" -C "$ohif_dir"
+      rm "$ohif_dir/ohif-app-$ohif_version.tgz"
+    fi
+  else
+    echo "node/npm not found: the viewer checks in tests/viewer will be skipped" >&2
+  fi
+fi
+# --- end viewer check ----------------------------------------------------------
