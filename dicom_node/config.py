@@ -112,6 +112,19 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The admin web app (``[web]``, see docs/admin.md): loopback by default; TLS when both files are set."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 8080
+    session_hours: float = 8.0
+    secure_cookies: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     path: Path | None
     ae_title: str
@@ -130,6 +143,8 @@ class NodeConfig:
     jobs: JobSettings
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
+    rules_source: Literal["folder", "database"] = "folder"  # web admin hook: where the node reads rules
+    web: WebSettings = field(default_factory=WebSettings)  # web admin hook
 
     def listener(self, called_aet: str) -> Listener | None:
         for listener in self.listeners:
@@ -229,9 +244,37 @@ def _destination(name: str, table: dict[str, Any], base: Path) -> Destination:
     raise ConfigError(f"{where}.type: must be 'dicom' or 'folder', got {kind!r}")
 
 
+def _web(table: dict[str, Any], base: Path) -> WebSettings:
+    """``[web]``: the admin app (web admin hook)."""
+    _no_unknown(table, set(WebSettings.__dataclass_fields__), "web")
+    bind = _take(table, "bind", str, "web", "127.0.0.1")
+    try:
+        ipaddress.ip_address(bind)
+    except ValueError:
+        raise ConfigError(f"web.bind: {bind!r} is not an IP address") from None
+    tls = {}
+    for key in ("tls_cert", "tls_key"):
+        value = _take(table, key, str, "web", None)
+        if value is not None:
+            tls[key] = (base / value).resolve()
+            if not tls[key].is_file():
+                raise ConfigError(f"web.{key}: file {tls[key]} does not exist")
+    if len(tls) == 1:
+        raise ConfigError("web.tls_cert / web.tls_key: give both (certificate and private key) or neither")
+    return WebSettings(
+        enabled=_take(table, "enabled", bool, "web", True),
+        bind=bind,
+        port=_port(_take(table, "port", int, "web", 8080), "web.port"),
+        session_hours=_positive(_take(table, "session_hours", float, "web", 8.0), "web.session_hours"),
+        secure_cookies=_take(table, "secure_cookies", bool, "web", False),
+        tls_cert=tls.get("tls_cert"),
+        tls_key=tls.get("tls_key"),
+    )
+
+
 def parse_config(data: dict[str, Any], base: Path, path: Path | None = None) -> NodeConfig:
     """Validate a parsed TOML document; ``base`` resolves relative paths."""
-    _no_unknown(data, {"node", "storage", "database", "completion", "listener", "destinations", "rules", "delivery", "models", "logging", "jobs"}, "node.toml")
+    _no_unknown(data, {"node", "storage", "database", "completion", "listener", "destinations", "rules", "delivery", "models", "logging", "jobs", "web"}, "node.toml")
     node = _take(data, "node", dict, "node.toml", {})
     _no_unknown(node, {"ae_title", "bind", "port", "max_pdu", "uid_root"}, "node")
     ae_title = _ae_title(_take(node, "ae_title", str, "node", "DICOM_NODE"), "node.ae_title")
@@ -309,8 +352,12 @@ def parse_config(data: dict[str, Any], base: Path, path: Path | None = None) -> 
     destinations = {name: _destination(name, table, base) for name, table in dest_t.items()}
 
     rules = _take(data, "rules", dict, "node.toml", {})
-    _no_unknown(rules, {"folder"}, "rules")
+    _no_unknown(rules, {"folder", "source"}, "rules")
     rules_folder = (base / _take(rules, "folder", str, "rules", "deploy/rules")).resolve()
+    rules_source = _take(rules, "source", str, "rules", "folder")  # web admin hook
+    if rules_source not in ("folder", "database"):
+        raise ConfigError(f"rules.source: must be 'folder' or 'database', got {rules_source!r}")
+    web = _web(_take(data, "web", dict, "node.toml", {}), base)  # web admin hook
 
     delivery_t = _take(data, "delivery", dict, "node.toml", {})
     _no_unknown(delivery_t, set(DeliverySettings.__dataclass_fields__), "delivery")
@@ -345,7 +392,7 @@ def parse_config(data: dict[str, Any], base: Path, path: Path | None = None) -> 
         path=path, ae_title=ae_title, bind=bind, port=port, max_pdu=max_pdu, uid_root=uid_root,
         storage=storage, database_url=url, completion=completion, listeners=tuple(listeners),
         destinations=destinations, rules_folder=rules_folder, delivery=delivery, weights_dir=weights_dir, jobs=jobs,
-        log_level=level,
+        log_level=level, rules_source=rules_source, web=web,
     )
 
 

@@ -1,0 +1,241 @@
+"""Accounts, passwords, login sessions and API tokens (no web framework here).
+
+* Passwords are stored as argon2id hashes (argon2-cffi defaults).  A login
+  for an unknown name still runs one hash verification, so response time
+  does not tell which names exist.
+* A login creates a server-side session row; the browser gets a random
+  token in an HttpOnly, SameSite=Strict cookie and the database keeps only
+  its SHA-256, so a leaked database does not hand out live sessions.  Each
+  session has its own CSRF token (synchronizer token pattern).
+* An API token (one per user, shown once) authenticates scripts with
+  ``Authorization: Bearer``; requests made that way carry no cookie, so they
+  need no CSRF token.
+* Ten failed logins for a name within 15 minutes lock that name for the
+  rest of the window (counted from the audit log, so it holds across
+  restarts and processes).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+
+from dicom_node.db import Database
+from dicom_node.db.admin_models import ROLES, AuditEntry, User, WebSession, record_audit
+from dicom_node.delivery import utcnow
+
+RANK = {role: rank for rank, role in enumerate(ROLES)}
+MIN_PASSWORD = 8
+LOCKOUT_FAILURES = 10
+LOCKOUT_WINDOW = timedelta(minutes=15)
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_hasher = PasswordHasher()
+_dummy: dict[PasswordHasher, str] = {}
+
+
+def _dummy_hash() -> str:
+    """A hash to verify against for unknown names (made once per hasher, when first needed)."""
+    if _hasher not in _dummy:
+        _dummy[_hasher] = _hasher.hash(secrets.token_hex(16))
+    return _dummy[_hasher]
+
+
+class AccountError(ValueError):
+    """A user cannot be created or changed; the message says why."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is making a request, and how they proved it (``session`` or ``token``)."""
+
+    user_id: int
+    username: str
+    role: str
+    via: str
+    session_id: str | None = None
+    csrf_token: str | None = None
+
+    def can(self, role: str) -> bool:
+        return RANK[self.role] >= RANK[role]
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_password_policy(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"the password needs at least {MIN_PASSWORD} characters")
+    if len(password) > 1024:
+        raise AccountError("the password is too long (at most 1024 characters)")
+
+
+def create_user(db: Database, username: str, password: str, role: str, *, created_by: str | None, client: str | None = None) -> User:
+    """Create an active account; audited as ``user.create``."""
+    if not _USERNAME.match(username):
+        raise AccountError("the user name must be 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")
+    if role not in RANK:
+        raise AccountError(f"the role must be one of {', '.join(ROLES)}")
+    check_password_policy(password)
+    with db.write() as session:
+        if session.scalar(select(User.id).where(User.username == username)) is not None:
+            raise AccountError(f"a user named '{username}' exists already")
+        user = User(username=username, password_hash=_hasher.hash(password), role=role, active=True, created_at=utcnow(), created_by=created_by)
+        session.add(user)
+        session.flush()
+        record_audit(session, "user.create", username=created_by, target=username, client=client, details={"role": role})
+        return user
+
+
+def update_user(db: Database, user_id: int, *, by: str, client: str | None = None, role: str | None = None,
+                active: bool | None = None, password: str | None = None) -> User:
+    """Change a user's role, active flag or password; ends their sessions when access shrinks."""
+    with db.write() as session:
+        user = session.get(User, user_id)
+        if user is None:
+            raise AccountError("no such user")
+        changes: dict[str, object] = {}
+        if role is not None and role != user.role:
+            if role not in RANK:
+                raise AccountError(f"the role must be one of {', '.join(ROLES)}")
+            if user.role == "admin" and role != "admin" and _other_active_admins(session, user.id) == 0:
+                raise AccountError("the last active admin cannot lose the admin role")
+            changes["role"] = [user.role, role]
+            user.role = role
+        if active is not None and active != user.active:
+            if not active and user.role == "admin" and _other_active_admins(session, user.id) == 0:
+                raise AccountError("the last active admin cannot be disabled")
+            changes["active"] = active
+            user.active = active
+        if password is not None:
+            check_password_policy(password)
+            user.password_hash = _hasher.hash(password)
+            changes["password"] = "changed"
+        if changes:
+            session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+            if "password" in changes or "active" in changes:
+                user.api_token_hash, user.api_token_created_at = None, None
+            record_audit(session, "user.update", username=by, target=user.username, client=client, details=changes)
+        return user
+
+
+def _other_active_admins(session, user_id: int) -> int:  # type: ignore[no-untyped-def]
+    return session.scalar(select(func.count(User.id)).where(User.role == "admin", User.active.is_(True), User.id != user_id)) or 0
+
+
+def login(db: Database, username: str, password: str, *, hours: float, client: str | None) -> tuple[str, Principal] | str:
+    """Check a password and open a session: (cookie token, principal), or a message for the login page."""
+    now = utcnow()
+    with db.session() as session:
+        failures = session.scalar(
+            select(func.count(AuditEntry.id)).where(
+                AuditEntry.action == "login", AuditEntry.outcome == "failed", AuditEntry.username == username[:64],
+                AuditEntry.at >= now - LOCKOUT_WINDOW,
+            )
+        ) or 0
+        user = session.scalar(select(User).where(User.username == username))
+    if failures >= LOCKOUT_FAILURES:
+        with db.write() as session:
+            record_audit(session, "login", username=username[:64], outcome="denied", client=client, details={"reason": "too many failed attempts"})
+        return "too many failed logins for this name; try again in 15 minutes"
+    try:
+        good = _hasher.verify(user.password_hash if user is not None else _dummy_hash(), password)
+    except (VerificationError, InvalidHashError):
+        good = False
+    if user is None or not good or not user.active:
+        with db.write() as session:
+            reason = "unknown user" if user is None else "account disabled" if good else "wrong password"
+            record_audit(session, "login", username=username[:64], outcome="failed", client=client, details={"reason": reason})
+        return "wrong user name or password"
+    token = secrets.token_urlsafe(32)
+    csrf = secrets.token_urlsafe(32)
+    with db.write() as session:
+        session.execute(delete(WebSession).where(WebSession.expires_at < now))
+        session.add(WebSession(id=digest(token), user_id=user.id, csrf_token=csrf, created_at=now,
+                               expires_at=now + timedelta(hours=hours), client=client))
+        row = session.get(User, user.id)
+        if row is not None:
+            row.last_login_at = now
+            if _hasher.check_needs_rehash(row.password_hash):
+                row.password_hash = _hasher.hash(password)
+        record_audit(session, "login", username=user.username, client=client)
+    return token, Principal(user.id, user.username, user.role, "session", digest(token), csrf)
+
+
+def verify_password(db: Database, user_id: int, password: str) -> bool:
+    """Whether ``password`` is the user's current one (to confirm a password change)."""
+    with db.session() as session:
+        user = session.get(User, user_id)
+        stored = user.password_hash if user is not None else _dummy_hash()
+    try:
+        return _hasher.verify(stored, password) and user is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def logout(db: Database, principal: Principal, client: str | None) -> None:
+    with db.write() as session:
+        if principal.session_id:
+            session.execute(delete(WebSession).where(WebSession.id == principal.session_id))
+        record_audit(session, "logout", username=principal.username, client=client)
+
+
+def principal_from_cookie(db: Database, token: str) -> Principal | None:
+    with db.session() as session:
+        row = session.get(WebSession, digest(token))
+        if row is None or row.expires_at < utcnow():
+            return None
+        user = session.get(User, row.user_id)
+        if user is None or not user.active:
+            return None
+        return Principal(user.id, user.username, user.role, "session", row.id, row.csrf_token)
+
+
+def principal_from_api_token(db: Database, token: str) -> Principal | None:
+    with db.session() as session:
+        user = session.scalar(select(User).where(User.api_token_hash == digest(token)))
+        if user is None or not user.active:
+            return None
+        return Principal(user.id, user.username, user.role, "token")
+
+
+def new_api_token(db: Database, principal: Principal, client: str | None) -> str:
+    """A fresh API token for the caller (the previous one stops working); shown once."""
+    token = "dn_" + secrets.token_urlsafe(32)
+    with db.write() as session:
+        user = session.get(User, principal.user_id)
+        if user is None:
+            raise AccountError("no such user")
+        user.api_token_hash, user.api_token_created_at = digest(token), utcnow()
+        record_audit(session, "user.api_token", username=principal.username, target=principal.username, client=client)
+    return token
+
+
+def set_flash(db: Database, principal: Principal, message: str) -> None:
+    """A one-time message for the next page of this session (post/redirect/get)."""
+    if not principal.session_id:
+        return
+    with db.write() as session:
+        row = session.get(WebSession, principal.session_id)
+        if row is not None:
+            row.flash = message[:4000]
+
+
+def take_flash(db: Database, principal: Principal) -> str | None:
+    if not principal.session_id:
+        return None
+    with db.session() as session:
+        row = session.get(WebSession, principal.session_id)
+        message = row.flash if row is not None else None
+    if message:
+        with db.write() as session:
+            row = session.get(WebSession, principal.session_id)
+            if row is not None:
+                row.flash = None
+    return message
