@@ -102,13 +102,29 @@ def _projection_pixel_measures(source: Dataset) -> hd.PixelMeasuresSequence | No
 
     highdicom copies only PixelSpacing, and its reader then rejects the SEG for
     lacking SliceThickness; a nominal 1 mm thickness (a projection has none)
-    keeps it readable.  ImagerPixelSpacing alone is not copied: it is spacing
-    at the detector, not in the patient.
+    keeps it readable.  Without PixelSpacing, ImagerPixelSpacing (spacing at
+    the detector) is used: OHIF 3 cannot open a SEG without Pixel Measures,
+    and the SEG overlays the same pixel grid as its source, so the detector
+    spacing is what a viewer would use for the source image too.
     """
-    spacing = source.get("PixelSpacing")
+    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
     if not spacing:
         return None
     return hd.PixelMeasuresSequence(pixel_spacing=[float(v) for v in spacing], slice_thickness=1.0)
+
+
+def _add_projection_orientation(result: hd.seg.Segmentation) -> None:
+    """Identity Plane Orientation for a radiograph SEG.
+
+    The SEG IOD does not require it without a Frame of Reference, but OHIF 3's
+    labelmap builder reads it unconditionally (and assumes the identity for
+    radiographs itself), so without it the SEG fails to open there.
+    """
+    shared = result.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" not in shared:
+        item = Dataset()
+        item.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        shared.PlaneOrientationSequence = [item]
 
 
 def _segments(seg: Segmentation, algorithm: hd.AlgorithmIdentificationSequence, uid_root: str
@@ -215,5 +231,7 @@ def build_seg(
     if projection and "PatientOrientation" in first:
         # dciodvfy requires it (General Image, Type 2C) for images without a Frame of Reference.
         result.PatientOrientation = first.PatientOrientation
+    if projection:
+        _add_projection_orientation(result)
     _reroot_dimension_organization(result, uid_root)
     return result

@@ -139,31 +139,6 @@ def dx_marker_sr(dx: Dataset, path: Path) -> tuple[Path, list[Box]]:
     return path, boxes
 
 
-def with_projection_plane(case: ViewerCase, path: Path) -> Path:
-    """A copy of a radiograph's SEG with the two shared functional groups OHIF 3.13.2 cannot do without.
-
-    build_seg writes neither for an image without a Frame of Reference (and
-    without PixelSpacing), which the SEG IOD allows, but OHIF's SEG viewport
-    reads Pixel Measures unconditionally and its labelmap builder reads Plane
-    Orientation.  The orientation is the identity OHIF itself assumes for a
-    radiograph; the spacing is the detector's (ImagerPixelSpacing).  Used to
-    show that nothing else stands between our radiograph SEG and OHIF.
-    """
-    seg = pydicom.dcmread(case.seg)
-    source = pydicom.dcmread(case.sources[0], stop_before_pixels=True)
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    shared.PlaneOrientationSequence = [orientation]
-    if "PixelMeasuresSequence" not in shared:
-        measures = Dataset()
-        measures.PixelSpacing = source.get("PixelSpacing") or source.ImagerPixelSpacing
-        measures.SliceThickness = 1
-        shared.PixelMeasuresSequence = [measures]
-    seg.save_as(path, enforce_file_format=True)
-    return path
-
-
 def shift_references(case: ViewerCase, path: Path, by: int = 1) -> Path:
     """A corrupted copy of the case's SEG: every frame references the slice ``by`` further on.
 
