@@ -16,21 +16,29 @@ the method does not depend on the matrix size):
 3. the lungs are the body's voxels below ``lung_hu`` (-400 HU); a slice
    without a sizeable lung area is not a chest slice and is not used;
 4. the mediastinum is the convex hull of the lungs, minus the lungs and
-   minus a zone around bone: every bone structure (> ``bone_hu``) is
-   replaced by its convex hull and dilated, so the vertebral body's
-   cancellous core (150-300 HU, as bright as enhanced blood) and the
-   sternum never count as blood;
+   minus two zones around bone, so that the vertebral body's cancellous
+   core (150-300 HU, as bright as enhanced blood) and the sternum never
+   count as blood: every dense structure (> ``bone_hu``) replaced by its
+   convex hull, and the vertebra found by its position behind the lungs
+   (which still works when its cortex is too thin or blurred to pass
+   ``bone_hu``);
 5. soft tissue and blood in the mediastinum (0 HU up to ``bone_hu``; fat is
    below 0) are eroded by ``core_radius_mm``: only thick, round structures
    survive - heart chambers, ascending and descending aorta, pulmonary
    trunk - and thin walls, partial-volume edges and small nodes vanish;
 6. of the surviving structures, those whose median HU is within
    ``pool_tolerance_hu`` of the brightest one form the blood pool (so a
-   non-enhancing mass next to an enhanced aorta does not dilute it).
+   non-enhancing mass next to an enhanced aorta does not dilute it); when
+   the pool clearly holds two intensity classes (enhanced blood and the
+   myocardium left after erosion) only the bright one is kept.
 
 The series decision takes the median HU of all blood-pool voxels of all
 used slices and turns its distance to ``threshold_hu`` into a probability
-with a logistic of width ``scale_hu``.
+with a logistic of width ``scale_hu``.  The default threshold (130 HU) sits
+below the often-quoted 150 HU because routine portal-venous chest CT can
+measure 130-170 HU in the blood pool while unenhanced blood stays below
+~70 HU; delayed-phase scans (~100-130 HU) therefore come out as
+"Non-Enhanced" with low confidence rather than confidently wrong.
 
 Outcome when the pixels do not show a chest: :class:`InputError` whose
 message starts with "undetermined".  A header-fix check must not guess, and
