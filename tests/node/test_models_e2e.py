@@ -160,3 +160,27 @@ def test_missing_weights_fail_the_job_with_a_clear_reason_and_reception_goes_on(
     state, error = wait_for(lambda: (lambda r: r[0] if r and r[0][0] == "failed" else None)(view_job()), timeout=60)
     assert "weight file(s) ['weights'] not found" in error
     assert storescu(node.port, write_datasets(chest_ct_series(3, 32), tmp_path / "ct")).returncode == 0  # still receiving
+
+
+def test_rerun_after_late_instances_versions_results_in_the_same_series(make_node, tmp_path) -> None:
+    from tests.peers import StoreSCP
+
+    scp = StoreSCP(tmp_path / "pacs-in", unique_names=True).start()
+    try:
+        rule = RULES.split('[[rule]]\nname = "dx-lr-marker"')[0].split('[[rule]]\nname = "ct-enhancement-check"')[1]
+        rule = '[[rule]]\nname = "ct-enhancement-check"' + rule.replace('outputs = ["sr", "corrected-copy"]', 'outputs = ["sr"]').replace('"pacs"', '"scp"')
+        node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}}, rules={"r.toml": rule})
+        ct = chest_ct_series(12, 128, contrast=True, seed=31)
+        assert storescu(node.port, write_datasets(ct[:10], tmp_path / "first")).returncode == 0
+        wait_for(lambda: len(scp.files()) == 1, timeout=60)
+        assert storescu(node.port, write_datasets(ct[10:], tmp_path / "late")).returncode == 0
+        wait_for(lambda: len(scp.files()) == 2, timeout=60)
+        reports = sorted((pydicom.dcmread(p) for p in scp.files()), key=lambda d: int(d.InstanceNumber))
+        assert [int(r.InstanceNumber) for r in reports] == [1, 2]
+        assert reports[0].SeriesInstanceUID == reports[1].SeriesInstanceUID  # one result series per source, rule and model
+        assert reports[0].SOPInstanceUID != reports[1].SOPInstanceUID
+        assert "run 2" in reports[1].SeriesDescription
+        with sqlite3.connect(node.workdir / "node.db") as conn:
+            assert conn.execute("select run_number, state from jobs order by id").fetchall() == [(1, "done"), (2, "done")]
+    finally:
+        scp.stop()
