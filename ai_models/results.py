@@ -27,7 +27,9 @@ class Classification:
 
     ``header_value`` is what the DICOM header claims for the same property
     (e.g. Contrast/Bolus Agent, View Position) when the model is a header-fix
-    check; ``agrees_with_header`` is None when the header says nothing.
+    check; ``agrees_with_header`` is None when the header cannot be compared
+    (an empty View Position, say).  For contrast, an absent or empty agent
+    means "no contrast", so it compares: that omission is what the fix is for.
     """
 
     model: str
