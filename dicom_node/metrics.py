@@ -85,7 +85,7 @@ class Exposition:
                 if value <= bound:
                     counts[i] += 1
         self.family(name, "histogram", help_text)
-        for bound, bucket_count in zip(buckets, counts):
+        for bound, bucket_count in zip(buckets, counts, strict=True):
             self.sample(f"{name}_bucket", bucket_count, le=_number(float(bound)))
         self.sample(f"{name}_bucket", count, le="+Inf")
         self.sample(f"{name}_sum", round(total, 6))

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dicom_node.db import Association, Delivery, DeliveryItem, Dispatch, Instance, Job, Series, Study
+from dicom_node.db import Association, Delivery, Dispatch, Instance, Job, Series, Study
 
 
 def iso(value: datetime | None) -> str | None:
@@ -141,10 +141,3 @@ def series_choices(session: Session, limit: int = 25) -> list[dict[str, Any]]:
 def item_paths(session: Session, series_ids: list[int], limit: int) -> list[str]:
     return list(session.scalars(select(Instance.path).where(Instance.series_id.in_(series_ids)).order_by(Instance.id).limit(limit)).all())
 
-
-def delivery_exists(session: Session, delivery_id: int) -> bool:
-    return session.get(Delivery, delivery_id) is not None
-
-
-def sent_item_count(session: Session) -> int:
-    return session.scalar(select(func.count(DeliveryItem.id)).where(DeliveryItem.state == "sent")) or 0

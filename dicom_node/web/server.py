@@ -20,13 +20,16 @@ log = logging.getLogger("dicom_node.web")
 
 
 class WebServer:
-    """A started uvicorn server; :meth:`stop` ends it."""
+    """The admin app's thread; :meth:`stop` ends it."""
 
-    def __init__(self, server: Any, thread: threading.Thread, url: str) -> None:
-        self.server, self.thread, self.url = server, thread, url
+    def __init__(self, holder: dict[str, Any], created: threading.Event, thread: threading.Thread, url: str) -> None:
+        self._holder, self._created, self.thread, self.url = holder, created, thread, url
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self._created.wait(30)
+        server = self._holder.get("server")
+        if server is not None:
+            server.should_exit = True
         self.thread.join(timeout=10)
 
 
@@ -51,8 +54,6 @@ def start_web(config: NodeConfig, db: Database, rules: Any) -> WebServer | None:
         return None
     try:
         import uvicorn
-
-        from dicom_node.web.app import create_app
     except ImportError as exc:
         log.warning("web: admin app not started: %s (install the 'web' extra)", exc)
         return None
@@ -62,13 +63,30 @@ def start_web(config: NodeConfig, db: Database, rules: Any) -> WebServer | None:
         log.error("web: cannot listen on %s:%d (%s); the node runs without the admin app", web.bind, web.port, exc.strerror or exc)
         return None
     tls = web.tls_cert is not None and web.tls_key is not None
-    uv_config = uvicorn.Config(
-        create_app(config, db, rules), log_level="warning", access_log=False, lifespan="off", proxy_headers=False,
-        ssl_certfile=str(web.tls_cert) if tls else None, ssl_keyfile=str(web.tls_key) if tls else None,
-    )
-    server = uvicorn.Server(uv_config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web", daemon=True)
-    thread.start()
     url = f"{'https' if tls else 'http'}://{web.bind}:{web.port}/"
-    log.info("web: admin app on %s", url)
-    return WebServer(server, thread, url)
+    holder: dict[str, Any] = {}
+    created = threading.Event()
+
+    def serve() -> None:
+        # The app is built here, not in the caller: importing the web stack takes seconds
+        # that the node's start-up should not wait for (connections queue on the bound socket).
+        try:
+            from dicom_node.web.app import create_app
+
+            server = uvicorn.Server(uvicorn.Config(
+                create_app(config, db, rules), log_level="warning", access_log=False, lifespan="off", proxy_headers=False,
+                ssl_certfile=str(web.tls_cert) if tls else None, ssl_keyfile=str(web.tls_key) if tls else None,
+            ))
+        except Exception:  # noqa: BLE001 - a broken web stack must not take the node down
+            log.exception("web: admin app could not be built")
+            sock.close()
+            created.set()
+            return
+        holder["server"] = server
+        created.set()
+        log.info("web: admin app on %s", url)
+        server.run(sockets=[sock])
+
+    thread = threading.Thread(target=serve, name="web", daemon=True)
+    thread.start()
+    return WebServer(holder, created, thread, url)

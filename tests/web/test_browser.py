@@ -184,6 +184,10 @@ def test_admin_in_a_browser(tmp_path: Path) -> None:
             expect(audit).to_contain_text("failed")
             page.screenshot(path=str(ARTIFACTS / "audit.png"), full_page=True)
 
+            page.goto(f"{base}/models")
+            expect(page.locator("#models")).to_contain_text("no weights")  # this node has no weight files
+            page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
+
             page.goto(f"{base}/rules/web-ct/history")
             expect(page.locator("section.version")).to_contain_text("route CT to the archive")
             browser.close()
