@@ -18,7 +18,9 @@ from starlette.responses import JSONResponse
 from dicom_node import __version__, rules_db, selftest
 from dicom_node.web import auth, dryrun, ops
 from dicom_node.web.deps import admin, client_of, context, editor_write, viewer
-from dicom_node.web.views_ops import audit_rows, destination_rows, echo_destination, model_rows, retry_deliveries
+from dicom_node.web.views_ops import (
+    audit_rows, destination_rows, echo_destination, model_rows, retry_deliveries, retry_model_jobs,
+)
 from dicom_node.web.views_rules import rule_rows
 from routing_rules import RuleError
 
@@ -297,9 +299,16 @@ def retry(request: Request, delivery_id: int, principal: auth.Principal = Depend
     return {"queued": retry_deliveries(context(request).db, principal, client_of(request), [delivery_id])}
 
 
+@router.post("/jobs/{job_id}/retry", tags=["deliveries"])
+def retry_job(request: Request, job_id: int, principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
+    """Run a failed model job again."""
+    return {"queued": retry_model_jobs(context(request).db, principal, client_of(request), [job_id])}
+
+
 @router.get("/models", tags=["models"])
 async def models(request: Request, principal: auth.Principal = Depends(viewer)) -> list[dict[str, Any]]:
-    return await run_in_threadpool(model_rows, context(request).config)
+    ctx = context(request)
+    return await run_in_threadpool(model_rows, ctx.config, ctx.ruleset())
 
 
 @router.post("/selftest", tags=["self test"], status_code=202)

@@ -65,6 +65,25 @@ async def retry_one(request: Request, delivery_id: int, principal: auth.Principa
     return RedirectResponse(back if back.startswith("/") and not back.startswith("//") else "/operations", status_code=303)
 
 
+def retry_model_jobs(db: Database, principal: auth.Principal, client: str | None, ids: list[int]) -> int:
+    """Run failed (or finished) model jobs again; audited as ``retry``."""
+    from dicom_node.jobs import retry_jobs
+
+    count = retry_jobs(db, ids)
+    with db.write() as session:
+        record_audit(session, "retry", username=principal.username, target=f"jobs {ids}", client=client,
+                     outcome="ok" if count else "failed", details={"queued": count})
+    return count
+
+
+@router.post("/jobs/{job_id}/retry", include_in_schema=False)
+async def retry_job(request: Request, job_id: int, principal: auth.Principal = Depends(editor_write)) -> Response:
+    ctx = context(request)
+    count = await run_in_threadpool(retry_model_jobs, ctx.db, principal, client_of(request), [job_id])
+    auth.set_flash(ctx.db, principal, f"Job {job_id} queued again." if count else f"Job {job_id} cannot be run again (not failed or done).")
+    return RedirectResponse("/operations", status_code=303)
+
+
 @router.post("/deliveries/_retry-failed", include_in_schema=False)
 async def retry_all(request: Request, principal: auth.Principal = Depends(editor_write)) -> Response:
     ctx = context(request)
@@ -124,20 +143,28 @@ async def echo_page(request: Request, name: str, principal: auth.Principal = Dep
     return RedirectResponse("/destinations", status_code=303)
 
 
-def model_rows(config: NodeConfig) -> list[dict[str, Any]]:
+def model_rows(config: NodeConfig, ruleset: Any = None) -> list[dict[str, Any]]:
+    """Every model with its weight state and, given the rules in force, the rules that run it."""
     from ai_models.cli import describe_models
 
+    used_by: dict[str, list[str]] = {}
+    for rule in ruleset.rules if ruleset is not None else []:
+        for action in rule.actions:
+            if action.type == "model" and isinstance(action.params.get("model"), str):
+                used_by.setdefault(action.params["model"], []).append(rule.name)
     rows = describe_models(config.weights_dir)
     for row in rows:
         bad = any(w["found"] and w["valid"] is False for w in row["weights"])
         row["state"] = "ready" if row["available"] else "bad weights" if bad else "no weights"
+        row["rules"] = used_by.get(row["name"], [])
     return rows
 
 
 @router.get("/models", include_in_schema=False)
 async def models_page(request: Request, principal: auth.Principal = Depends(viewer)) -> Response:
-    config = context(request).config
-    rows = await run_in_threadpool(model_rows, config)
+    ctx = context(request)
+    config = ctx.config
+    rows = await run_in_threadpool(model_rows, config, ctx.ruleset())
     return render(request, "models.html", principal, title="Models", rows=rows, weights_dir=str(config.weights_dir))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from dicom_node.db import Delivery, DeliveryItem, Instance, Series, Study
+from dicom_node.db import Delivery, DeliveryItem, Instance, Job, Series, Study
 from tests.web.conftest import WebEnv
 
 T0 = datetime(2026, 1, 1, 8, 0, 0)
@@ -57,6 +57,10 @@ def test_rule_lifecycle_through_the_api(web_env: WebEnv) -> None:
     assert client.get("/api/rules/mr").status_code == 404
     exported = client.get("/api/rules/_export").json()["files"]
     assert sorted(exported) == ["001-dx.toml", "002-ct.toml"]
+    schema = client.get("/openapi.json").json()
+    assert {"/api/rules", "/api/rules/{name}", "/api/rules/_dry-run", "/api/deliveries/{delivery_id}/retry"} <= set(schema["paths"])
+    assert "/login" not in schema["paths"]  # pages are not part of the API
+    assert "swagger-ui" in client.get("/docs").text
     imported = client.post("/api/rules/_import", json={"files": {"x.toml": rule("us", "US") + "\n" + rule("ct", "CT")}}, headers=h).json()
     assert imported["created"] == ["us"] and imported["updated"] == ["ct"]
 
@@ -89,6 +93,8 @@ def test_retry_and_echo_are_audited(web_env: WebEnv, tmp_path: Path) -> None:
     with web_env.db.write() as s:
         s.add(Delivery(id=7, dispatch_key="k", destination="pacs", rule_name="r", series_id=series_id, state="failed", attempts=10,
                        next_attempt_at=T0, created_at=T0, finished_at=T0, last_error="association rejected"))
+        s.add(Job(id=3, series_id=series_id, rule_name="r", action={"type": "model", "model": "m"}, state="failed", attempts=2,
+                  created_at=T0, finished_at=T0, error="weights missing"))
         s.flush()
         s.add(DeliveryItem(delivery_id=7, sop_instance_uid="1.2.99.1.0", path="/x", state="pending"))
     client, csrf = web_env.login("ops", "editor")
@@ -98,11 +104,16 @@ def test_retry_and_echo_are_audited(web_env: WebEnv, tmp_path: Path) -> None:
     with web_env.db.session() as s:
         delivery = s.get(Delivery, 7)
         assert delivery.state == "pending" and delivery.attempts == 0
+    assert "weights missing" in page and 'action="/jobs/3/retry"' in page
+    assert client.post("/api/jobs/3/retry", headers={"X-CSRF-Token": csrf}).json() == {"queued": 1}
+    with web_env.db.session() as s:
+        assert s.get(Job, 3).state == "pending"
     echo = client.post("/api/destinations/archive/echo", headers={"X-CSRF-Token": csrf}).json()
     assert echo["ok"] and "writable" in echo["message"]
     admin, _ = web_env.login("root", "admin")
     entries = admin.get("/api/audit").json()
-    assert [(e["action"], e["outcome"]) for e in entries if e["action"] in ("retry", "echo")] == [("echo", "ok"), ("retry", "ok")]
+    assert [(e["action"], e["target"]) for e in entries if e["action"] in ("retry", "echo")] == [
+        ("echo", "archive"), ("retry", "jobs [3]"), ("retry", "deliveries [7]")]
     csv_text = admin.get("/audit.csv?action=retry").text
     assert csv_text.splitlines()[0] == "id,at,username,action,target,outcome,client,details" and "deliveries [7]" in csv_text
     detail = client.get("/studies/1").text

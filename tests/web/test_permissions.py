@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from sqlalchemy import func, select
 
+from dicom_node.db import Database
 from dicom_node.db.admin_models import AuditEntry, RuleVersion
-from tests.web.conftest import PASSWORD, WebEnv
+from tests.web.conftest import PASSWORD, WebEnv, make_config
 
 RULE = """[[rule]]
 name = "ct-to-pacs"
@@ -144,3 +146,22 @@ def test_repeated_failures_lock_the_name(web_env: WebEnv) -> None:
     locked = auth.login(web_env.db, "bob", PASSWORD, hours=1, client="t")
     assert isinstance(locked, str) and "too many" in locked
     assert not isinstance(auth.login(web_env.db, "other", "whatever-1", hours=1, client="t"), tuple)
+
+
+def test_folder_source_shows_rules_but_refuses_edits(tmp_path: Path) -> None:
+    from dicom_node.web.app import create_app
+
+    config = make_config(tmp_path, rules={"source": "folder"})
+    (tmp_path / "rules" / "10-ct.toml").write_text(RULE)
+    db = Database(config.database_url)
+    env = WebEnv(config, db, create_app(config, db))
+    client, csrf = env.login("ed", "editor")
+    listing = client.get("/rules").text
+    assert "ct-to-pacs" in listing and "10-ct.toml" in listing and 'id="new-rule"' not in listing
+    page = client.post("/rules/ct-to-pacs", data={"text": RULE.replace('"CT"', '"MR"'), "action": "save", "csrf_token": csrf})
+    assert "edit the files there" in page.text
+    assert client.post("/rules/ct-to-pacs/disable", data={"csrf_token": csrf}).status_code == 409
+    assert client.put("/api/rules/ct-to-pacs", json={"text": RULE}, headers={"X-CSRF-Token": csrf}).status_code == 409
+    assert _versions(env) == 0
+    assert (tmp_path / "rules" / "10-ct.toml").read_text() == RULE
+    db.dispose()
