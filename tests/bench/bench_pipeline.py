@@ -68,7 +68,7 @@ def measure(node: NodeProcess, series_uid: str) -> list[dict]:
         for job_id, action, timings, started, finished in conn.execute(
             "select id, action, timings, started_at, finished_at from jobs where series_id = ?", (completed[1],)
         ).fetchall():
-            d = conn.execute("select min(started_at), max(finished_at), count(*) from deliveries where job_id = ?", (job_id,)).fetchone()
+            d = conn.execute("select min(created_at), max(finished_at), count(*) from deliveries where job_id = ?", (job_id,)).fetchone()
             last_sent = conn.execute(
                 "select max(i.sent_at), count(*) from delivery_items i join deliveries d on d.id = i.delivery_id where d.job_id = ?", (job_id,)
             ).fetchone()
@@ -77,7 +77,7 @@ def measure(node: NodeProcess, series_uid: str) -> list[dict]:
                 "model": json.loads(action)["model"], "objects": last_sent[1],
                 "queue_wait_s": (_t(started) - _t(completed[0])).total_seconds(),
                 "load_s": t.get("load_s", 0), "read_s": t["read_s"], "inference_s": t["inference_s"], "outputs_s": t["outputs_s"],
-                "send_s": (_t(d[1]) - _t(d[0])).total_seconds(),
+                "send_s": (_t(d[1]) - _t(d[0])).total_seconds(),  # queued -> delivered
                 "completion_to_last_stored_s": (_t(last_sent[0]) - _t(completed[0])).total_seconds(),
             })
     return rows
