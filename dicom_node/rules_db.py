@@ -297,17 +297,19 @@ def _rewritten(rule: Any, text: str, destinations: Iterable[str] | None, **chang
     return normalise_text(dump_rules([replace(rule, **changes)]))
 
 
-def set_enabled(db: Database, name: str, enabled: bool, *, author: str, destinations: Iterable[str] | None, client: str | None = None) -> RuleVersion | None:
-    """Enable or disable a rule (a new version); None if it does not exist."""
+def set_enabled(db: Database, name: str, enabled: bool, *, author: str, client: str | None = None) -> RuleVersion | None:
+    """Enable or disable a rule (a new version); None if it does not exist.
+
+    Destinations are not checked: disabling a rule whose destination left
+    node.toml must stay possible.
+    """
     with db.write() as session:
         current = latest_version(session, name)
         if current is None or current.deleted:
             return None
-        rule, errors = check_rule_text(current.toml_text, destinations, expected_name=name)
+        rule, errors = check_rule_text(current.toml_text, None, expected_name=name)
         if rule is None:
-            rule, errors = check_rule_text(current.toml_text, None, expected_name=name)
-            if rule is None:
-                raise ValueError("; ".join(str(e) for e in errors))
+            raise ValueError("; ".join(str(e) for e in errors))
         if rule.enabled == enabled:
             return current
         text = _rewritten(rule, current.toml_text, None, enabled=enabled)

@@ -247,8 +247,7 @@ def delete_rule(request: Request, name: str, principal: auth.Principal = Depends
 def set_enabled(request: Request, name: str, body: EnabledBody, principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
     _database_only(request)
     ctx = context(request)
-    row = rules_db.set_enabled(ctx.db, name, body.enabled, author=principal.username, destinations=set(ctx.config.destinations),
-                               client=client_of(request))
+    row = rules_db.set_enabled(ctx.db, name, body.enabled, author=principal.username, client=client_of(request))
     if row is None:
         raise HTTPException(404, "no such rule")
     return {"name": name, "version": row.version, "enabled": row.enabled}

@@ -115,7 +115,6 @@ def needs(role: str, *, write: bool = False) -> Callable[[Request], Awaitable[au
 
 
 viewer = needs("viewer")
-editor = needs("editor")
 admin = needs("admin")
 editor_write = needs("editor", write=True)
 admin_write = needs("admin", write=True)

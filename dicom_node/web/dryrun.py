@@ -88,7 +88,7 @@ def with_candidate(current: RuleSet, candidate: Any) -> RuleSet:
 def explain(ruleset: RuleSet, data: DryRunInput, highlight: str | None = None) -> dict[str, Any]:
     """Explanations per series (series-level rules) and for the study (study-level rules)."""
 
-    def rows(explanations: list[Any], level: str) -> list[dict[str, Any]]:
+    def rows(explanations: list[Any]) -> list[dict[str, Any]]:
         return [
             {"rule": e.rule.name, "status": e.status, "text": str(e), "candidate": e.rule.name == highlight,
              "actions": [a.to_dict() for a in e.rule.actions] if e.fired else []}
@@ -98,9 +98,9 @@ def explain(ruleset: RuleSet, data: DryRunInput, highlight: str | None = None) -
     out: dict[str, Any] = {"input": data.label, "notes": data.notes, "series": [], "study": []}
     for uid, datasets in data.series.items():
         out["series"].append({"series_uid": uid, "instances": len(datasets),
-                              "rules": rows(ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series"), "series")})
+                              "rules": rows(ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series"))})
     if any(r.level == "study" for r in ruleset.rules):
-        out["study"] = rows(ruleset.explain(StudyHeaders.from_instances(data.study), level="study"), "study")
+        out["study"] = rows(ruleset.explain(StudyHeaders.from_instances(data.study), level="study"))
     fired = [r["rule"] for s in out["series"] for r in s["rules"] if r["status"] == "fired"] + [r["rule"] for r in out["study"] if r["status"] == "fired"]
     out["fired"] = sorted(set(fired))
     return out

@@ -237,8 +237,7 @@ async def toggle_rule(request: Request, name: str, principal: auth.Principal = D
         return blocked
     ctx = context(request)
     enable = request.url.path.endswith("/enable")
-    row = await run_in_threadpool(rules_db.set_enabled, ctx.db, name, enable, author=principal.username,
-                                  destinations=set(ctx.config.destinations), client=client_of(request))
+    row = await run_in_threadpool(rules_db.set_enabled, ctx.db, name, enable, author=principal.username, client=client_of(request))
     auth.set_flash(ctx.db, principal, f"Rule {name} {'enabled' if enable else 'disabled'}." if row else f"No rule {name}.")
     return RedirectResponse("/rules", status_code=303)
 

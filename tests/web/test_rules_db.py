@@ -37,7 +37,7 @@ def test_versions_are_appended_and_audited(db: Database) -> None:
     edited = rules_db.save_rule(db, text.replace('"CT"', '"MR"'), author="bob", note="MR now", destinations=DESTS, name="ct")
     assert edited.version is not None and edited.version.version == 2
     assert '-Modality = "CT"' in edited.diff and '+Modality = "MR"' in edited.diff
-    disabled = rules_db.set_enabled(db, "ct", False, author="bob", destinations=DESTS)
+    disabled = rules_db.set_enabled(db, "ct", False, author="bob")
     assert disabled is not None and disabled.version == 3 and not disabled.enabled
     assert "enabled = false" in disabled.toml_text and "# routes every CT" in disabled.toml_text  # comments kept
     with db.session() as session:
@@ -83,7 +83,7 @@ def test_live_source_reloads_and_orders(db: Database) -> None:
     assert changed == ["c", "a", "b"]
     assert source.reload_if_changed()
     assert [(r.name, r.order) for r in source.current().rules] == [("c", 10), ("a", 20), ("b", 30)]
-    rules_db.set_enabled(db, "a", False, author="ann", destinations=DESTS)
+    rules_db.set_enabled(db, "a", False, author="ann")
     source.reload_if_changed()
     assert [r.name for r in source.current().rules if r.enabled] == ["c", "b"]
     # a destination that left node.toml makes the stored rule invalid: reported, left out
