@@ -27,6 +27,16 @@ Typical use by a host application::
         for action in match.actions:
             ...
 
+A rule may also add a ``when`` expression (``"Modality == 'CT' and
+upper(BodyPartExamined) in ('CHEST', 'THORAX')"``), checked by a whitelist
+walker and evaluated by the library's own evaluator, never by ``eval``; and it
+may read what header-fix models found (``finding.enhancement-hu.label``).
+Such findings rules are evaluated in a second phase, once the host has the
+findings::
+
+    series = SeriesHeaders(datasets, findings={"enhancement-hu": {"label": "enhanced"}})
+    store.ruleset.evaluate(series, phase="findings", triggered_by={"enhancement-hu"})
+
 ``RuleSet.explain`` gives, for every rule, whether it fired and, if not, the
 first failing condition with the actual values.  The format is documented in
 ``docs/rules.md``.  Action types other than ``forward`` are registered by the
@@ -45,7 +55,8 @@ from routing_rules.actions import (
 )
 from routing_rules.conditions import OPERATORS, Condition
 from routing_rules.dump import dump_rules
-from routing_rules.errors import ActionError, RuleError
+from routing_rules.errors import ActionError, ExpressionError, RuleError
+from routing_rules.expression import Expression, parse_expression
 from routing_rules.fields import Field, ValueKind, resolve_field
 from routing_rules.headers import SeriesHeaders, StudyHeaders
 from routing_rules.loader import load_rules, parse_rules_text, rule_files
@@ -60,6 +71,8 @@ __all__ = [
     "ActionRegistry",
     "ActionValidator",
     "Condition",
+    "Expression",
+    "ExpressionError",
     "Field",
     "OPERATORS",
     "Rule",
@@ -74,6 +87,7 @@ __all__ = [
     "default_registry",
     "dump_rules",
     "load_rules",
+    "parse_expression",
     "parse_rules_text",
     "register_action_type",
     "registered_action_types",

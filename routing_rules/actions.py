@@ -69,10 +69,14 @@ class ActionContext:
     Attributes:
         destinations: the destination names the caller knows, or ``None``
             when destination names are not to be checked.
+        models: the model names the caller knows (checked in
+            ``finding.<model>.<key>`` fields; a host's ``model`` action may
+            check against them too), or ``None`` when not to be checked.
     """
 
-    def __init__(self, destinations: Iterable[str] | None) -> None:
+    def __init__(self, destinations: Iterable[str] | None, models: Iterable[str] | None = None) -> None:
         self.destinations = None if destinations is None else frozenset(destinations)
+        self.models = None if models is None else frozenset(models)
 
     def reject_unknown_keys(self, params: Mapping[str, Any], allowed: Iterable[str]) -> None:
         """Raise for a key the action type does not define (catches typos)."""

@@ -21,6 +21,10 @@ does not, so ``ImageType = { ne = "LOCALIZER" }`` means "no value is
 LOCALIZER", and an absent attribute satisfies every negated test.  Per
 series: the condition holds when it holds for any instance (default) or for
 every instance (``scope = "all"``).
+
+Finding fields (``"finding.enhancement-hu.label"``) take the same forms; their
+operands may also be TOML booleans, which compare with the words ``true`` /
+``false`` (a model's ``True`` is seen as the text ``"true"``).
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ import fnmatch
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field as dc_field
 from typing import Any
 
 from routing_rules.errors import SpecError
-from routing_rules.fields import Field, Observed, ValueKind, resolve_field
+from routing_rules.fields import Field, Observed, ValueKind, check_finding_model, resolve_field
 
 __all__ = ["Condition", "Check", "parse_condition", "OPERATORS", "OPTIONS"]
 
@@ -120,9 +124,11 @@ def _check_finite(number: float, path: tuple[Any, ...]) -> None:
         raise SpecError("numbers in rules must be finite", path)
 
 
-def _normalise_scalar(value: Any, field: Field, path: tuple[Any, ...]) -> str | int | float:
+def _normalise_scalar(value: Any, field: Field, path: tuple[Any, ...]) -> str | int | float | bool:
     """Operand of eq/ne/in/not_in, converted to the type the field compares by."""
     kind = field.kind
+    if isinstance(value, bool) and field.finding is not None:
+        return value  # a model's yes/no finding; compared with the words true/false
     if isinstance(value, bool) or isinstance(value, (list, dict)):
         raise SpecError(f"{field.key}: expected a text or a number, got {_toml_type(value)}", path)
     if isinstance(value, (dt.date, dt.time)):
@@ -158,6 +164,8 @@ def _numeric_operand(value: Any, field: Field, path: tuple[Any, ...]) -> int | f
         number = _as_number(value, field.kind)
         if number is not None and math.isfinite(number):
             return int(number) if number.is_integer() and re.fullmatch(r"\s*[+-]?\d+\s*", value) else number
+    if field.finding is not None:
+        raise SpecError(f"{field.key}: findings are ordered only as numbers: {value!r} is not a number", path)
     raise SpecError(f"{field.key} is numeric ({field.vr or 'no VR'}): {value!r} is not a number", path)
 
 
@@ -203,6 +211,9 @@ def _text_predicate(operand: str, field: Field, case_sensitive: bool) -> Predica
 
 
 def _equals_predicate(operand: Any, field: Field, case_sensitive: bool) -> Predicate:
+    if isinstance(operand, bool):
+        word = "true" if operand else "false"
+        return lambda v: _as_text(v).casefold() == word
     if isinstance(operand, (int, float)):
         target = float(operand)
         kind = field.kind
@@ -211,6 +222,8 @@ def _equals_predicate(operand: Any, field: Field, case_sensitive: bool) -> Predi
 
 
 def _show(operand: Any) -> str:
+    if isinstance(operand, bool):
+        return "true" if operand else "false"
     if isinstance(operand, str):
         return f"'{operand}'"
     if isinstance(operand, list):
@@ -430,20 +443,26 @@ def _option(spec: dict[str, Any], name: str, allowed: tuple[Any, ...], default: 
     return value
 
 
-def parse_condition(key: str, spec: Any, path: tuple[Any, ...] = ()) -> Condition:
+def parse_condition(
+    key: str, spec: Any, path: tuple[Any, ...] = (), known_models: Collection[str] | None = None
+) -> Condition:
     """Parse one ``match`` entry (short or long form) into a :class:`Condition`.
 
     Args:
         key: the field name as written.
         spec: the TOML value.
         path: path of the match table inside the rule, for error locations.
+        known_models: model names a ``finding.<model>.<key>`` field may
+            name; ``None`` skips the check.
 
     Raises:
-        SpecError: unknown field or operator, wrong operand type, bad regex.
+        SpecError: unknown field, model or operator, wrong operand type, bad
+            regex.
     """
     path = path + (key,)
     try:
         field = resolve_field(key)
+        check_finding_model(field, known_models)
     except SpecError as exc:
         raise SpecError(exc.message, path) from None
     if isinstance(spec, dict):
@@ -457,7 +476,7 @@ def parse_condition(key: str, spec: Any, path: tuple[Any, ...] = ()) -> Conditio
             raise SpecError(f"{key}: use either 'present' or 'absent', not both", path + ("absent",))
         tests = tuple(_build_test(op, v, field, case_sensitive, path + (op,)) for op, v in ops)
         return Condition(field, tests, scope, values, case_sensitive)
-    if isinstance(spec, bool):
+    if isinstance(spec, bool) and field.finding is None:
         raise SpecError(f"{key}: true/false is not a value to compare; write {{ present = {str(spec).lower()} }}", path)
     op = "in" if isinstance(spec, list) else "eq"
     return Condition(field, (_build_test(op, spec, field, False, path),))

@@ -10,6 +10,10 @@ Two kinds of errors exist, and they are kept apart on purpose:
   being checked.  They carry a path into the rule's table (for example
   ``("match", "BodyPartExamined")``) so that the loader can find the line of
   the offending key in the source text, which ``tomllib`` does not tell.
+
+:class:`ExpressionError` is the one exception
+:func:`routing_rules.expression.parse_expression` raises for any text it
+refuses, hostile or merely mistyped.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RuleError", "SpecError", "ActionError", "Quoted"]
+__all__ = ["RuleError", "SpecError", "ActionError", "ExpressionError", "Quoted"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,27 @@ class ActionError(ValueError):
         self.message = message
         self.key = key
         self.value = value
+
+
+class ExpressionError(SpecError):
+    """A ``when`` expression is refused.
+
+    Args:
+        reason: what is wrong, e.g. ``"unknown function 'open'"``.
+        line: 1-based line inside the expression text, or None.
+        column: 1-based column inside that line, or None.
+        multiline: the expression spans several lines (a TOML multi-line
+            string), so the line is worth naming.
+
+    ``message`` is the reason with its place: ``"unknown function 'open' at
+    column 12"``, or ``"... at line 2, column 5"`` for a multi-line text.
+    """
+
+    def __init__(self, reason: str, line: int | None = None, column: int | None = None, multiline: bool = False) -> None:
+        where = ""
+        if column is not None:
+            where = f" at line {line}, column {column}" if multiline and line is not None else f" at column {column}"
+        super().__init__(reason + where, ("when",))
+        self.reason = reason
+        self.line = line
+        self.column = column

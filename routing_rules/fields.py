@@ -14,14 +14,22 @@ values (multi-valued attributes such as ImageType give several) with padding
 spaces removed, plus whether the attribute is present.  An attribute that is
 present but empty (a DICOM type 2 attribute such as ContrastBolusAgent) counts
 as absent, because that is what "not given" means to a PACS administrator.
+
+Besides header attributes, a rule may name what a header-fix model found about
+the series: ``finding.<model>.<key>`` (``finding.enhancement-hu.label``).
+Such a field has no tag; its values come from the findings mapping attached
+to the headers (see :mod:`routing_rules.headers`) and compare "as given"
+(numbers numerically, text as text), with booleans read as the words
+``true`` / ``false``.
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
+import numbers
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -33,7 +41,19 @@ from pydicom.valuerep import PersonName
 
 from routing_rules.errors import SpecError
 
-__all__ = ["ValueKind", "Field", "Observed", "ABSENT", "resolve_field", "parse_tag", "observe", "format_tag"]
+__all__ = [
+    "ValueKind",
+    "Field",
+    "Observed",
+    "ABSENT",
+    "resolve_field",
+    "parse_tag",
+    "observe",
+    "format_tag",
+    "finding_field",
+    "check_finding_model",
+    "observe_finding",
+]
 
 
 class ValueKind(enum.Enum):
@@ -60,6 +80,14 @@ _TAG_PAREN = re.compile(r"^\(\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)$")
 _TAG_PLAIN = re.compile(r"^([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})$")
 
 _KEYWORDS_BY_FOLDED = {k.casefold(): k for k in keyword_dict}
+
+FINDING_ROOT = "finding"
+# Model names are registry names ("enhancement-hu"); keys may be dotted to reach
+# into nested findings ("probabilities.enhanced").
+_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+_KEY_PART = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+FINDING_NAME = re.compile(rf"^{FINDING_ROOT}\.({_MODEL_NAME})\.({_KEY_PART}(?:\.{_KEY_PART})*)$")
+_FINDING_FORM = "finding.<model>.<key>, e.g. finding.enhancement-hu.label"
 
 
 def _kind_for_vr(vr: str) -> ValueKind:
@@ -98,6 +126,9 @@ class Field:
         keyword: the dictionary keyword, ``""`` for private/unknown tags.
         vr: the dictionary VR, ``""`` when unknown.
         kind: how values compare.
+        finding: ``(model, key)`` for a ``finding.<model>.<key>`` field,
+            ``None`` for a header attribute.  A finding field has ``tag = -1``,
+            no keyword and no VR, and compares as :attr:`ValueKind.UNKNOWN`.
     """
 
     key: str
@@ -105,11 +136,22 @@ class Field:
     keyword: str
     vr: str
     kind: ValueKind
+    finding: tuple[str, str] | None = None
 
     @property
     def splits_on_backslash(self) -> bool:
         """Whether a text value ``"A\\B"`` means two values (all VRs but LT/ST/UT/UR)."""
         return self.vr not in _UNSPLIT_VRS
+
+    @property
+    def lookup_key(self) -> Hashable:
+        """What identifies the source of the values: the tag, or (model, key) for findings."""
+        return self.tag if self.finding is None else self.finding
+
+    @property
+    def model(self) -> str | None:
+        """The model a finding field waits for; ``None`` for header attributes."""
+        return None if self.finding is None else self.finding[0]
 
 
 def _dictionary_vr(tag: int) -> str:
@@ -122,10 +164,15 @@ def _dictionary_vr(tag: int) -> str:
 def resolve_field(key: str) -> Field:
     """Turn a rule key into a :class:`Field`.
 
+    ``finding.<model>.<key>`` names a header-fix finding (see :func:`finding_field`).
+
     Raises:
-        SpecError: the key is neither a DICOM keyword nor a tag; the message
-            suggests the nearest keyword when one is close.
+        SpecError: the key is neither a DICOM keyword nor a tag nor a
+            well-formed finding name; the message suggests the nearest
+            keyword when one is close.
     """
+    if key == FINDING_ROOT or key.startswith(FINDING_ROOT + "."):
+        return _parse_finding_name(key)
     tag = parse_tag(key)
     if tag is not None:
         vr = _dictionary_vr(tag)
@@ -136,6 +183,44 @@ def resolve_field(key: str) -> Field:
         vr = _dictionary_vr(tag)
         return Field(key=key, tag=tag, keyword=key, vr=vr, kind=_kind_for_vr(vr))
     raise SpecError(f"unknown field '{key}': not a DICOM keyword nor a tag like (0018,0015){_suggest(key)}")
+
+
+def finding_field(model: str, key: str) -> Field:
+    """The field ``finding.<model>.<key>``.
+
+    Raises:
+        SpecError: the model name or the key is not well formed.
+    """
+    return _parse_finding_name(f"{FINDING_ROOT}.{model}.{key}")
+
+
+def _parse_finding_name(name: str) -> Field:
+    m = FINDING_NAME.match(name)
+    if m is None:
+        parts = name.split(".")
+        if len(parts) < 3 or not all(parts[1:]):
+            raise SpecError(f"finding field '{name}' needs a model name and a key: {_FINDING_FORM}")
+        raise SpecError(
+            f"finding field '{name}': model names and keys are letters, digits, '_' and '-', starting with "
+            f"a letter or digit (a dotted key reaches into nested findings): {_FINDING_FORM}"
+        )
+    model, key = m.group(1), m.group(2)
+    return Field(key=name, tag=-1, keyword="", vr="", kind=ValueKind.UNKNOWN, finding=(model, key))
+
+
+def check_finding_model(field: Field, known_models: Collection[str] | None) -> None:
+    """Reject a finding of a model the caller does not know (a typo would wait forever).
+
+    Raises:
+        SpecError: ``known_models`` is given and lacks the field's model.
+    """
+    model = field.model
+    if model is None or known_models is None or model in known_models:
+        return
+    close = difflib.get_close_matches(model, sorted(known_models), n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    known = ", ".join(sorted(known_models)) or "none"
+    raise SpecError(f"{field.key}: unknown model '{model}'; {hint}known: {known}")
 
 
 def _suggest(key: str) -> str:
@@ -237,3 +322,53 @@ def _scalar_values(item: Any, field: Field) -> list[Value]:
     text = item if isinstance(item, str) else str(item)
     parts = text.split("\\") if field.splits_on_backslash else [text]
     return [p for p in (part.strip(" \x00") for part in parts) if p]
+
+
+def observe_finding(findings: Mapping[str, Any], field: Field) -> Observed:
+    """What a findings mapping (model -> key -> value) holds for a finding field.
+
+    The key is looked up as written first, then, if it is dotted, step by step
+    through nested mappings (``probabilities.enhanced``).  Booleans become the
+    texts ``"true"`` / ``"false"``; ``None`` and empty text count as absent; a
+    list gives several values; a nested mapping is present without a
+    comparable value.  Never raises.
+    """
+    if field.finding is None:
+        return ABSENT
+    model, key = field.finding
+    values = findings.get(model)
+    if not isinstance(values, Mapping):
+        return ABSENT
+    raw = values[key] if key in values else _nested(values, key)
+    if isinstance(raw, Mapping):
+        return Observed((), len(raw) > 0)
+    items = raw if isinstance(raw, (list, tuple)) else (raw,)
+    out: list[Value] = []
+    for item in items:
+        value = _finding_scalar(item)
+        if value is not None:
+            out.append(value)
+    return Observed(tuple(out), bool(out))
+
+
+def _nested(values: Mapping[str, Any], key: str) -> Any:
+    node: Any = values
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _finding_scalar(item: Any) -> Value | None:
+    if item is None or isinstance(item, Mapping):
+        return None
+    if isinstance(item, bool) or getattr(getattr(item, "dtype", None), "kind", "") == "b":  # numpy booleans too
+        return "true" if item else "false"
+    if isinstance(item, numbers.Integral):
+        return int(item)
+    if isinstance(item, numbers.Real):
+        return float(item)
+    text = item.decode("latin-1") if isinstance(item, (bytes, bytearray)) else str(item)
+    text = text.strip(" \x00")
+    return text or None

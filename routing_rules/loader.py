@@ -88,9 +88,10 @@ def parse_rules_text(
     file: str = "<text>",
     destinations: Iterable[str] | None = None,
     registry: ActionRegistry | None = None,
+    known_models: Iterable[str] | None = None,
 ) -> RuleSet:
     """Check the text of one rule file (e.g. from an editor before saving)."""
-    ctx = ActionContext(destinations)
+    ctx = ActionContext(destinations, known_models)
     return _merge([_parse_text(text, file, ctx, registry or default_registry)])
 
 
@@ -98,6 +99,7 @@ def load_rules(
     folder: str | Path,
     destinations: Iterable[str] | None = None,
     registry: ActionRegistry | None = None,
+    known_models: Iterable[str] | None = None,
 ) -> RuleSet:
     """Load every ``*.toml`` rule file of ``folder``.
 
@@ -107,6 +109,9 @@ def load_rules(
             the check (e.g. for a syntax-only check without the node config).
         registry: action types; the default registry (``forward`` plus what
             the application registered) when not given.
+        known_models: the model names ``finding.<model>.<key>`` fields (in
+            ``match``, ``match_any`` and ``when``) may use; ``None`` skips the
+            check.
 
     Returns:
         A :class:`RuleSet`; never raises for bad content, problems are in
@@ -115,7 +120,7 @@ def load_rules(
     folder = Path(folder)
     if not folder.is_dir():
         return RuleSet(errors=[RuleError(str(folder), None, None, "rules folder does not exist or is not a folder")])
-    ctx = ActionContext(destinations)
+    ctx = ActionContext(destinations, known_models)
     registry = registry or default_registry
     per_file = []
     for path in rule_files(folder):

@@ -3,22 +3,43 @@
 A rule is checked as a whole and every problem in it is collected (an
 administrator fixes all of them in one go); a rule with any problem is left
 out of the rule set, the other rules are unaffected.
+
+A rule that names any ``finding.<model>.<key>`` field (in ``match``,
+``match_any`` or ``when``) is a *findings rule*: it cannot be judged from the
+headers alone and waits for the findings of the models it names
+(:attr:`Rule.finding_models`); see :mod:`routing_rules.ruleset` for when it is
+evaluated.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from routing_rules.actions import Action, ActionContext, ActionRegistry
-from routing_rules.conditions import Condition, parse_condition
-from routing_rules.errors import SpecError
+from routing_rules.conditions import OPERATORS, OPTIONS, Condition, parse_condition
+from routing_rules.errors import ExpressionError, SpecError
+from routing_rules.expression import Expression, parse_expression
+from routing_rules.fields import FINDING_ROOT
 
 __all__ = ["Rule", "parse_rule", "RULE_KEYS", "DEFAULT_ORDER", "LEVELS", "STUDY_MATCH_MODES"]
 
-RULE_KEYS = ("name", "description", "level", "enabled", "order", "stop", "fallback", "study_match", "match", "match_any", "actions")
+RULE_KEYS = (
+    "name",
+    "description",
+    "level",
+    "enabled",
+    "order",
+    "stop",
+    "fallback",
+    "study_match",
+    "when",
+    "match",
+    "match_any",
+    "actions",
+)
 LEVELS = ("series", "study")
 STUDY_MATCH_MODES = ("same-series", "any-series")
 DEFAULT_ORDER = 100
@@ -48,6 +69,7 @@ class Rule:
             satisfied by a different series of the study).
         file: the file the rule came from (``""`` when built in code).
         line: the line of its ``[[rule]]`` header.
+        when: the optional ``when`` expression, ANDed with the conditions.
     """
 
     name: str
@@ -63,8 +85,28 @@ class Rule:
     study_match: str = "same-series"
     file: str = ""
     line: int | None = None
+    when: Expression | None = None
 
     __hash__ = None  # type: ignore[assignment]  # actions hold dicts
+
+    @property
+    def finding_models(self) -> frozenset[str]:
+        """The header-fix models whose findings the rule waits for (empty: a header rule)."""
+        models = {c.field.model for c in self.all_conditions() if c.field.model is not None}
+        if self.when is not None:
+            models |= self.when.finding_models
+        return frozenset(models)
+
+    @property
+    def is_findings_rule(self) -> bool:
+        """Whether the rule reads findings (and so is judged in the findings phase)."""
+        return bool(self.finding_models)
+
+    def all_conditions(self) -> Iterator[Condition]:
+        """The ``match`` conditions, then those of every ``match_any`` group."""
+        yield from self.conditions
+        for group in self.any_groups:
+            yield from group
 
     def to_dict(self) -> dict[str, Any]:
         """The rule as a TOML-ready table (defaults of optional flags left out)."""
@@ -80,6 +122,8 @@ class Rule:
             out["fallback"] = True
         if self.level == "study" and self.study_match != "same-series":
             out["study_match"] = self.study_match
+        if self.when is not None:
+            out["when"] = self.when.source
         out["match"] = _conditions_table(self.conditions)
         if self.any_groups:
             out["match_any"] = [_conditions_table(g) for g in self.any_groups]
@@ -102,17 +146,64 @@ def _expect(table: dict[str, Any], key: str, kind: type | tuple[type, ...], defa
     return value
 
 
-def _parse_conditions(table: Any, path: tuple[Any, ...], errors: list[SpecError]) -> tuple[Condition, ...]:
+def _entries(
+    table: dict[str, Any], path: tuple[Any, ...], errors: list[SpecError]
+) -> Iterator[tuple[str, Any, tuple[Any, ...]]]:
+    """The (field name, spec, path) entries of a match table.
+
+    A bare dotted key ``finding.chest-view.label = "PA"`` is a nested table to
+    TOML (``{"finding": {"chest-view": {"label": "PA"}}}``); it is read back as
+    the field ``finding.chest-view.label``.  Nested finding keys
+    (``probabilities.enhanced``) must be quoted as a whole, since their table
+    could not be told from an operator table.
+    """
+    for key, spec in table.items():
+        if key != FINDING_ROOT or not isinstance(spec, dict):
+            yield key, spec, path
+            continue
+        for model, entries in spec.items():
+            where = path + (FINDING_ROOT, model)
+            if not isinstance(entries, dict) or not entries:
+                errors.append(SpecError(f"finding.{model}: name a key, e.g. finding.{model}.label = ...", where))
+                continue
+            for name, value in entries.items():
+                if isinstance(value, dict) and value and not set(value) & set(OPERATORS + OPTIONS):
+                    errors.append(SpecError(
+                        f"finding.{model}.{name}: a nested finding key must be quoted as a whole, "
+                        f'e.g. "finding.{model}.{name}.{next(iter(value))}" = ...',
+                        where + (name,),
+                    ))
+                    continue
+                yield f"{FINDING_ROOT}.{model}.{name}", value, where
+
+
+def _parse_conditions(
+    table: Any, path: tuple[Any, ...], errors: list[SpecError], known_models: Collection[str] | None
+) -> tuple[Condition, ...]:
     if not isinstance(table, dict):
         errors.append(SpecError(f"'{path[0]}' must be a table of conditions like {{ Modality = \"CT\" }}", path))
         return ()
     out = []
-    for key, spec in table.items():
+    for key, spec, where in _entries(table, path, errors):
         try:
-            out.append(parse_condition(key, spec, path))
+            out.append(parse_condition(key, spec, where, known_models))
         except SpecError as exc:
             errors.append(exc)
     return tuple(out)
+
+
+def _parse_when(table: dict[str, Any], known_models: Collection[str] | None, errors: list[SpecError]) -> Expression | None:
+    if "when" not in table:
+        return None
+    text = table["when"]
+    if not isinstance(text, str):
+        errors.append(SpecError("'when' must be a text (an expression such as \"Modality == 'CT'\")", ("when",)))
+        return None
+    try:
+        return parse_expression(text, known_models)
+    except ExpressionError as exc:
+        errors.append(SpecError(f"when: {exc.message}", ("when",)))
+        return None
 
 
 def parse_rule(table: Any, ctx: ActionContext, registry: ActionRegistry) -> tuple[Rule | None, str | None, list[SpecError]]:
@@ -149,16 +240,17 @@ def parse_rule(table: Any, ctx: ActionContext, registry: ActionRegistry) -> tupl
         errors.append(SpecError("'study_match' applies only to rules with level = \"study\"", ("study_match",)))
     elif study_match not in STUDY_MATCH_MODES:
         errors.append(SpecError(f"'study_match' must be \"same-series\" or \"any-series\", not {study_match!r}", ("study_match",)))
-    if "match" not in table:
+    when = _parse_when(table, ctx.models, errors)
+    if "match" not in table and "when" not in table:
         errors.append(SpecError("'match' is missing (use match = {} to match everything)", ()))
-    conditions = _parse_conditions(table.get("match", {}), ("match",), errors)
+    conditions = _parse_conditions(table.get("match", {}), ("match",), errors, ctx.models)
     groups: list[tuple[Condition, ...]] = []
     match_any = table.get("match_any", [])
     if not isinstance(match_any, list):
         errors.append(SpecError("'match_any' must be a list of condition tables ([[rule.match_any]])", ("match_any",)))
     else:
         for i, group in enumerate(match_any):
-            parsed = _parse_conditions(group, ("match_any", i), errors)
+            parsed = _parse_conditions(group, ("match_any", i), errors, ctx.models)
             if isinstance(group, dict) and not group:
                 errors.append(SpecError("an empty match_any group would always hold", ("match_any", i)))
             groups.append(parsed)
@@ -186,5 +278,6 @@ def parse_rule(table: Any, ctx: ActionContext, registry: ActionRegistry) -> tupl
         stop=stop,
         fallback=fallback,
         study_match=study_match,
+        when=when,
     )
     return rule, name, []

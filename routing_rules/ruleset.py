@@ -15,26 +15,59 @@ study has a CT series of the chest"), and :attr:`RuleMatch.series_uids`
 names those series; with ``"any-series"`` every condition is judged on the
 instances of the whole study, so each may be satisfied by a different series
 ("the study has a CT series and a PT series").
+
+Two phases.  Rules that read findings of header-fix models
+(``finding.<model>.<key>``, :attr:`Rule.finding_models`) cannot be judged
+when the series completes: the models have not run yet.  So evaluation has a
+``phase``:
+
+* ``"headers"`` (default): header rules are evaluated; findings rules are not
+  (``awaiting_findings`` while their models' findings are missing,
+  ``other_phase`` once they are there);
+* ``"findings"``: called by the host when findings have arrived (attached to
+  the headers); only findings rules whose models all have findings are
+  evaluated, the others are ``awaiting_findings``; header rules are
+  ``other_phase``, except that a header rule with ``stop = true`` that fires
+  still ends the walk, so both phases together behave like one walk.
+  ``triggered_by`` (the models whose findings just arrived) limits the phase
+  to the rules that read one of them, so a rule judged when an earlier model
+  reported is not judged (and fired) twice.
+
+``stop`` and ``fallback`` act within a phase: a findings fallback fires when
+no ordinary findings rule fired in that findings phase.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field as dc_field
 from typing import Literal
 
 from routing_rules.actions import Action
 from routing_rules.conditions import Condition
 from routing_rules.errors import RuleError
+from routing_rules.expression import Expression, Verdict
 from routing_rules.fields import Field, Observed
 from routing_rules.headers import SeriesHeaders, StudyHeaders
 from routing_rules.rules import Rule
 
-__all__ = ["RuleSet", "RuleMatch", "RuleExplanation", "Status"]
+__all__ = ["RuleSet", "RuleMatch", "RuleExplanation", "Status", "Phase"]
 
 Level = Literal["series", "study"]
-Status = Literal["fired", "not_matched", "disabled", "other_level", "stopped", "fallback_unused"]
+Phase = Literal["headers", "findings"]
+PHASES = ("headers", "findings")
+Status = Literal[
+    "fired",
+    "not_matched",
+    "disabled",
+    "other_level",
+    "stopped",
+    "fallback_unused",
+    "awaiting_findings",
+    "other_phase",
+    "not_triggered",
+]
 _SHOWN_SERIES = 3
 
 
@@ -66,11 +99,17 @@ class RuleExplanation:
     Attributes:
         rule: the rule.
         status: ``fired``, ``not_matched``, ``disabled``, ``other_level``,
-            ``stopped`` (an earlier rule with ``stop = true`` fired) or
-            ``fallback_unused`` (a fallback rule, and other rules fired).
+            ``stopped`` (an earlier rule with ``stop = true`` fired),
+            ``fallback_unused`` (a fallback rule, and other rules fired),
+            ``awaiting_findings`` (a findings rule whose models have not all
+            reported), ``other_phase`` (a rule of the other phase) or
+            ``not_triggered`` (findings phase with ``triggered_by``: the rule
+            reads none of the models that just reported).
         reasons: for fired rules, why each condition held.
         failure: for ``not_matched``, the first failing condition with the
             actual values.
+        stopped_by: for ``stopped``, the rule that stopped the walk.
+        waiting_for: for ``awaiting_findings``, the models still missing.
     """
 
     rule: Rule
@@ -78,6 +117,7 @@ class RuleExplanation:
     reasons: tuple[str, ...] = ()
     failure: str | None = None
     stopped_by: str | None = None
+    waiting_for: tuple[str, ...] = ()
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -97,6 +137,15 @@ class RuleExplanation:
             return f"{name} is a {self.rule.level}-level rule: not evaluated here"
         if self.status == "stopped":
             return f"{name} was not evaluated: rule '{self.stopped_by}' fired and has stop = true"
+        models = ", ".join(sorted(self.rule.finding_models))
+        if self.status == "awaiting_findings":
+            return f"{name} is waiting for findings of {', '.join(self.waiting_for)}"
+        if self.status == "other_phase":
+            if self.rule.finding_models:
+                return f"{name} uses findings of {models}: evaluated in the findings phase, not here"
+            return f"{name} reads headers only: evaluated in the headers phase, not here"
+        if self.status == "not_triggered":
+            return f"{name} was not evaluated: none of its models ({models}) just reported"
         return f"{name} is a fallback and other rules fired"
 
 
@@ -112,13 +161,32 @@ class _View:
 
     def __init__(self, source: SeriesHeaders | StudyHeaders) -> None:
         self._source = source
-        self._tallies: dict[int, Counter[Observed]] = {}
+        self._tallies: dict[Hashable, Counter[Observed]] = {}
+        self._rows: dict[tuple[Hashable, ...], Counter[tuple[Observed, ...]]] = {}
+        self._verdicts: dict[str, Verdict] = {}
 
     def tally(self, field: Field) -> Counter[Observed]:
-        key = field.tag
+        key = field.lookup_key
         if key not in self._tallies:
             self._tallies[key] = Counter(self._source.observe(field))
         return self._tallies[key]
+
+    def rows(self, fields: Sequence[Field]) -> Counter[tuple[Observed, ...]]:
+        """Each distinct combination of these fields' values over the instances, counted."""
+        key = tuple(f.lookup_key for f in fields)
+        if key not in self._rows:
+            columns = [self._source.observe(f) for f in fields]
+            self._rows[key] = Counter(zip(*columns)) if columns else Counter({(): self._instances()})
+        return self._rows[key]
+
+    def _instances(self) -> int:
+        source = self._source
+        return len(source) if isinstance(source, SeriesHeaders) else sum(len(s) for s in source)
+
+    def verdict(self, expression: Expression) -> Verdict:
+        if expression.source not in self._verdicts:
+            self._verdicts[expression.source] = expression.judge(self.rows(expression.fields))
+        return self._verdicts[expression.source]
 
 
 def _group_holds(conditions: Sequence[Condition], view: _View) -> bool:
@@ -128,7 +196,9 @@ def _group_holds(conditions: Sequence[Condition], view: _View) -> bool:
 def _holds(rule: Rule, view: _View) -> bool:
     if not _group_holds(rule.conditions, view):
         return False
-    return not rule.any_groups or any(_group_holds(g, view) for g in rule.any_groups)
+    if rule.any_groups and not any(_group_holds(g, view) for g in rule.any_groups):
+        return False
+    return rule.when is None or view.verdict(rule.when).holds
 
 
 def _reasons(rule: Rule, view: _View) -> list[str]:
@@ -137,6 +207,8 @@ def _reasons(rule: Rule, view: _View) -> list[str]:
         if _group_holds(group, view):
             reasons.extend(f"match_any group {i}: {c.reason(view.tally(c.field))}" for c in group)
             break
+    if rule.when is not None:
+        reasons.append(rule.when.reason(view.verdict(rule.when)))
     return reasons or ["no conditions (matches everything)"]
 
 
@@ -151,8 +223,11 @@ def _failure(rule: Rule, view: _View) -> str:
     failed = _first_failure(rule.conditions, view)
     if failed is not None:
         return failed
-    parts = [f"group {i}: {_first_failure(g, view)}" for i, g in enumerate(rule.any_groups, start=1)]
-    return "no match_any group holds (" + "; ".join(parts) + ")"
+    if rule.any_groups and not any(_group_holds(g, view) for g in rule.any_groups):
+        parts = [f"group {i}: {_first_failure(g, view)}" for i, g in enumerate(rule.any_groups, start=1)]
+        return "no match_any group holds (" + "; ".join(parts) + ")"
+    assert rule.when is not None  # the only part left that can fail
+    return rule.when.failure(view.rows(rule.when.fields), view.verdict(rule.when))
 
 
 def _series_label(series: SeriesHeaders, index: int) -> str:
@@ -223,34 +298,62 @@ class RuleSet:
         """The valid rule with this name, if any."""
         return next((r for r in self.rules if r.name == name), None)
 
-    def evaluate(self, headers: SeriesHeaders | StudyHeaders, level: Level = "series") -> list[RuleMatch]:
-        """The rules of ``level`` that fire for these headers, in order.
+    def evaluate(
+        self,
+        headers: SeriesHeaders | StudyHeaders,
+        level: Level = "series",
+        phase: Phase = "headers",
+        triggered_by: Iterable[str] | None = None,
+    ) -> list[RuleMatch]:
+        """The rules of ``level`` and ``phase`` that fire for these headers, in order.
 
         Args:
             headers: a :class:`SeriesHeaders` for series level; for study
                 level a :class:`StudyHeaders` (a lone SeriesHeaders is taken
-                as a study of one series).
+                as a study of one series).  Findings, if any, are attached to
+                them.
             level: ``"series"`` or ``"study"``.
+            phase: ``"headers"`` (when the series or study is complete) or
+                ``"findings"`` (when header-fix findings have arrived).
+            triggered_by: findings phase only: the models whose findings just
+                arrived; only the findings rules that read one of them are
+                evaluated.  ``None``: every findings rule that is ready.
 
         Raises:
             TypeError: study headers were given for series level.
-            ValueError: unknown level.
+            ValueError: unknown level or phase, or ``triggered_by`` in the
+                headers phase.
         """
         return [
             RuleMatch(e.rule, e.rule.actions, e.reasons, uids)
-            for e, uids in self._run(headers, level, want_failure=False)
+            for e, uids in self._run(headers, level, False, phase, triggered_by)
             if e.status == "fired"
         ]
 
-    def explain(self, headers: SeriesHeaders | StudyHeaders, level: Level = "series") -> list[RuleExplanation]:
-        """A dry run: for every rule, whether it fired and if not, why not."""
-        return [e for e, _ in self._run(headers, level, want_failure=True)]
+    def explain(
+        self,
+        headers: SeriesHeaders | StudyHeaders,
+        level: Level = "series",
+        phase: Phase = "headers",
+        triggered_by: Iterable[str] | None = None,
+    ) -> list[RuleExplanation]:
+        """A dry run: for every rule, whether it fired and if not, why not (same arguments as :meth:`evaluate`)."""
+        return [e for e, _ in self._run(headers, level, True, phase, triggered_by)]
 
     def _run(
-        self, headers: SeriesHeaders | StudyHeaders, level: Level, want_failure: bool
+        self,
+        headers: SeriesHeaders | StudyHeaders,
+        level: Level,
+        want_failure: bool,
+        phase: Phase = "headers",
+        triggered_by: Iterable[str] | None = None,
     ) -> list[tuple[RuleExplanation, tuple[str, ...]]]:
         if level not in ("series", "study"):
             raise ValueError(f"level must be 'series' or 'study', not {level!r}")
+        if phase not in PHASES:
+            raise ValueError(f"phase must be 'headers' or 'findings', not {phase!r}")
+        if triggered_by is not None and phase != "findings":
+            raise ValueError("triggered_by applies to the findings phase only")
         if level == "series" and not isinstance(headers, SeriesHeaders):
             raise TypeError("series-level evaluation needs a SeriesHeaders")
         if level == "study" and isinstance(headers, SeriesHeaders):
@@ -258,6 +361,9 @@ class RuleSet:
         if not isinstance(headers, (SeriesHeaders, StudyHeaders)):
             raise TypeError("headers must be a SeriesHeaders or a StudyHeaders")
         views = _Views(headers)
+        available = headers.finding_models
+        triggered = None if triggered_by is None else frozenset(triggered_by)
+        in_findings_phase = phase == "findings"
         results: dict[str, tuple[RuleExplanation, tuple[str, ...]]] = {}
         stopped_by: str | None = None
         any_fired = False
@@ -265,12 +371,24 @@ class RuleSet:
             for rule in self.rules:
                 if rule.fallback != fallback_pass:
                     continue
+                models = rule.finding_models
                 if not rule.enabled:
                     results[rule.name] = (RuleExplanation(rule, "disabled"), ())
                 elif rule.level != level:
                     results[rule.name] = (RuleExplanation(rule, "other_level"), ())
                 elif stopped_by is not None:
                     results[rule.name] = (RuleExplanation(rule, "stopped", stopped_by=stopped_by), ())
+                elif not models <= available:
+                    waiting = tuple(sorted(models - available))
+                    results[rule.name] = (RuleExplanation(rule, "awaiting_findings", waiting_for=waiting), ())
+                elif bool(models) != in_findings_phase:
+                    # A header rule with stop = true ended the headers walk before any findings
+                    # rule after it: it ends the findings walk too (judged again, silently).
+                    if in_findings_phase and rule.stop and not fallback_pass and _judge(rule, views, False).fired:
+                        stopped_by = rule.name
+                    results[rule.name] = (RuleExplanation(rule, "other_phase"), ())
+                elif triggered is not None and models.isdisjoint(triggered):
+                    results[rule.name] = (RuleExplanation(rule, "not_triggered"), ())
                 elif fallback_pass and any_fired:
                     results[rule.name] = (RuleExplanation(rule, "fallback_unused"), ())
                 else:

@@ -39,6 +39,7 @@ class RulesStore:
         folder: the rules folder.
         destinations: destination names actions may use (``None``: unchecked).
         registry: action types (the default registry when not given).
+        known_models: model names finding fields may use (``None``: unchecked).
 
     Attributes:
         generation: increases by one at every (re)load, so a caller can tell
@@ -50,10 +51,12 @@ class RulesStore:
         folder: str | Path,
         destinations: Iterable[str] | None = None,
         registry: ActionRegistry | None = None,
+        known_models: Iterable[str] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self._destinations = None if destinations is None else frozenset(destinations)
         self._registry = registry
+        self._known_models = None if known_models is None else frozenset(known_models)
         self.generation = 0
         self._fingerprint: Fingerprint | None = None
         self._ruleset = RuleSet()
@@ -83,7 +86,7 @@ class RulesStore:
     def reload(self) -> RuleSet:
         """Load the folder now, whatever changed."""
         self._fingerprint = self.fingerprint()
-        self._ruleset = load_rules(self.folder, self._destinations, self._registry)
+        self._ruleset = load_rules(self.folder, self._destinations, self._registry, self._known_models)
         self.generation += 1
         return self._ruleset
 
