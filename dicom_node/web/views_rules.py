@@ -115,6 +115,16 @@ def new_rule_page(request: Request, principal: auth.Principal = Depends(viewer))
                   result=None, **_editor_values(request, None))
 
 
+@router.get("/rules/_export.toml", include_in_schema=False)
+def export_rules(request: Request, principal: auth.Principal = Depends(viewer)) -> Response:
+    ctx = context(request)
+    if ctx.config.rules_source == "database":
+        body = "\n".join(f"# ---- {name}\n{text}" for name, text in rules_db.export_texts(ctx.db))
+    else:
+        body = dump_rules(ctx.ruleset().rules)
+    return PlainTextResponse(body, headers={"Content-Disposition": 'attachment; filename="rules.toml"'})
+
+
 @router.get("/rules/{name}", include_in_schema=False)
 def edit_rule_page(request: Request, name: str, principal: auth.Principal = Depends(viewer)) -> Response:
     text = _current_text(request, name)
@@ -212,16 +222,6 @@ async def import_rules(request: Request, principal: auth.Principal = Depends(edi
     lines = [f"Import: {report.summary()}."] + [f"Error: {e.message} (line {e.line})" for e in report.errors] + report.warnings
     auth.set_flash(ctx.db, principal, " ".join(lines))
     return RedirectResponse("/rules", status_code=303)
-
-
-@router.get("/rules/_export.toml", include_in_schema=False)
-def export_rules(request: Request, principal: auth.Principal = Depends(viewer)) -> Response:
-    ctx = context(request)
-    if ctx.config.rules_source == "database":
-        body = "\n".join(f"# ---- {name}\n{text}" for name, text in rules_db.export_texts(ctx.db))
-    else:
-        body = dump_rules(ctx.ruleset().rules)
-    return PlainTextResponse(body, headers={"Content-Disposition": 'attachment; filename="rules.toml"'})
 
 
 @router.post("/rules/{name}", include_in_schema=False)

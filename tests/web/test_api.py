@@ -118,3 +118,23 @@ def test_retry_and_echo_are_audited(web_env: WebEnv, tmp_path: Path) -> None:
     assert csv_text.splitlines()[0] == "id,at,username,action,target,outcome,client,details" and "deliveries [7]" in csv_text
     detail = client.get("/studies/1").text
     assert "1.2.99.1" in detail and "association rejected" in detail
+
+
+def test_rule_pages_import_export_history(web_env: WebEnv) -> None:
+    client, csrf = web_env.login("ed", "editor")
+    files = [("files", ("a.toml", rule("ct", "CT") + "\n" + rule("mr", "MR"), "text/plain")),
+             ("files", ("b.toml", rule("bad", "CT", "nowhere"), "text/plain"))]
+    response = client.post("/rules/_import", data={"csrf_token": csrf}, files=files)
+    assert response.status_code == 200 and "2 created" in response.text and "unknown destination" in response.text
+    for form, action in (("/rules/mr/move", {"direction": "up"}), ("/rules/ct/disable", {}), ("/rules/mr/delete", {"note": "not needed"})):
+        assert client.post(form, data={"csrf_token": csrf, **action}, follow_redirects=False).status_code == 303, (form, action)
+    exported = client.get("/rules/_export.toml")
+    assert exported.status_code == 200 and "attachment" in exported.headers["content-disposition"]
+    from routing_rules import parse_rules_text
+
+    parsed = parse_rules_text(exported.text, "export", {"pacs", "archive"})
+    assert [(r.name, r.enabled, r.order) for r in parsed.rules] == [("ct", False, 20)] and not parsed.errors
+    history = client.get("/rules/mr/history").text
+    assert "Version 3 (deleted)" in history and "not needed" in history and "order 100 -&gt; 10" in history
+    listing = client.get("/rules").text
+    assert 'data-rule="ct"' in listing and 'data-rule="mr"' not in listing
