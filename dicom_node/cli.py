@@ -12,7 +12,6 @@ import os
 import re
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -221,13 +220,19 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK if count else EXIT_FAILED
 
 
+def _model_names() -> set[str]:
+    from ai_models import available_models
+
+    return {m.name for m in available_models()}
+
+
 def cmd_rules_check(args: argparse.Namespace) -> int:
     from dicom_node.model_action import register
     from routing_rules.loader import load_rules
 
     register()
     config = _config(args)
-    ruleset = load_rules(config.rules_folder, destinations=set(config.destinations))
+    ruleset = load_rules(config.rules_folder, destinations=set(config.destinations), known_models=_model_names())
     for rule in ruleset.rules:
         print(f"ok     {rule.name} ({rule.level}{'' if rule.enabled else ', disabled'}) {rule.file}:{rule.line}")
     for error in ruleset.errors:
@@ -245,7 +250,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
     register()
     config = _config(args)
-    ruleset = load_rules(config.rules_folder, destinations=set(config.destinations))
+    ruleset = load_rules(config.rules_folder, destinations=set(config.destinations), known_models=_model_names())
     groups: dict[str, list[Any]] = {}
     for path in _collect_files(args.paths):
         ds = pydicom.dcmread(path, stop_before_pixels=True)

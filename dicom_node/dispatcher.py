@@ -98,6 +98,10 @@ class Dispatcher:
         self.handlers: dict[str, ActionHandler] = {"forward": forward_action, "model": queue_model_job}
 
     def sweep(self) -> None:
+        self._sweep_completion()
+        self.apply_findings()
+
+    def _sweep_completion(self) -> None:
         now = utcnow()
         with self.db.write() as session:
             newly = mark_complete_series(session, self.config, now)
@@ -112,12 +116,21 @@ class Dispatcher:
         for study_id in studies:
             self.dispatch_study(study_id)
 
-    def _apply(self, session: Session, target: Target, headers: list[Dataset], now: datetime) -> list[str]:
+    def _apply(
+        self, session: Session, target: Target, headers: list[Dataset], now: datetime,
+        findings: dict[str, dict[str, Any]] | None = None, triggered_by: list[str] | None = None,
+    ) -> list[str]:
         from routing_rules.headers import SeriesHeaders, StudyHeaders
 
         ruleset = self.rules.current()
-        view = SeriesHeaders.from_datasets(headers) if target.level == "series" else StudyHeaders.from_instances(headers)
-        matches = ruleset.evaluate(view, level=target.level)
+        if target.level == "series":
+            view = SeriesHeaders.from_datasets(headers, findings=findings)
+        else:
+            view = StudyHeaders.from_instances(headers, findings=findings)
+        if triggered_by is None:
+            matches = ruleset.evaluate(view, level=target.level)
+        else:
+            matches = ruleset.evaluate(view, level=target.level, phase="findings", triggered_by=triggered_by)
         summary = []
         for match in matches:
             outcomes = []
@@ -175,3 +188,73 @@ class Dispatcher:
         if summary:
             log.info("study %s run %d: %s", target.uid, run, "; ".join(summary))
             self.on_queued()
+
+    def apply_findings(self) -> None:
+        """Evaluate findings rules once per finished job (e.g. "kidney only if enhanced").
+
+        The findings of a series are the classification results of its done
+        jobs in the current run, newest per model; the rules see them as
+        ``finding.<model>.<key>`` (label, probability, header_value,
+        agrees_with_header).
+        """
+        from dicom_node.db import Job
+
+        with self.db.session() as session:
+            pending = session.execute(
+                select(Job.id, Job.series_id, Job.study_id).where(Job.state == "done", Job.findings_applied.is_(False)).order_by(Job.id)
+            ).all()
+        for job_id, series_id, study_id in pending:
+            self._apply_job_findings(job_id, series_id, study_id)
+
+    def _apply_job_findings(self, job_id: int, series_id: int | None, study_id: int | None) -> None:
+        from dicom_node.db import Job
+
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            model = job.action.get("model")
+            has_classification = any(r.get("kind") == "classification" for r in (job.result or {}).get("results", []))
+            if series_id is not None:
+                series = session.get(Series, series_id)
+                paths = [i.path for i in series.instances] if series else []
+            else:
+                study = session.get(Study, study_id)
+                paths = [i.path for s in study.series for i in s.instances] if study else []
+            findings = collect_findings(session, series_id, study_id, job.run_number) if has_classification else {}
+        headers = read_headers(paths) if has_classification and paths else []
+        now = utcnow()
+        with self.db.write() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.findings_applied:
+                return
+            job.findings_applied = True
+            if not has_classification or not headers:
+                return
+            if series_id is not None:
+                series = session.get(Series, series_id)
+                target = Target("series", series.series_instance_uid, job.run_number, series.id, series.study_id, list(series.instances))
+            else:
+                study = session.get(Study, study_id)
+                target = Target("study", study.study_instance_uid, job.run_number, None, study.id,
+                                [i for s in study.series for i in s.instances])
+            summary = self._apply(session, target, headers, now, findings=findings, triggered_by=[model])
+        if summary:
+            log.info("%s %s findings of %s: %s", target.level, target.uid, model, "; ".join(summary))
+            self.on_queued()
+
+
+def collect_findings(session: Session, series_id: int | None, study_id: int | None, run: int) -> dict[str, dict[str, Any]]:
+    """model -> {label, probability, header_value, agrees_with_header} from the done jobs of one run."""
+    from dicom_node.db import Job
+
+    key = (Job.series_id == series_id) if series_id is not None else (Job.study_id == study_id) & Job.series_id.is_(None)
+    findings: dict[str, dict[str, Any]] = {}
+    for job in session.scalars(select(Job).where(key, Job.state == "done", Job.run_number == run).order_by(Job.id)).all():
+        for result in (job.result or {}).get("results", []):
+            if result.get("kind") == "classification":
+                findings[job.action["model"]] = {
+                    "label": result["label"], "probability": result["confidence"],
+                    "header_value": result.get("header_value"), "agrees_with_header": result.get("agrees_with_header"),
+                }
+                break
+    return findings

@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import threading
 import time
 import traceback
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 

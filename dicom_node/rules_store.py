@@ -18,7 +18,11 @@ class NodeRules:
         from routing_rules.store import RulesStore
 
         register()
-        self._watcher = RulesStore(config.rules_folder, destinations=set(config.destinations))
+        from ai_models import available_models
+
+        self._watcher = RulesStore(
+            config.rules_folder, destinations=set(config.destinations), known_models={m.name for m in available_models()}
+        )
         self._lock = threading.Lock()
         self._ruleset = self._watcher.ruleset
         self._report(self._ruleset)

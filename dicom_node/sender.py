@@ -14,7 +14,6 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable
 
 import pydicom

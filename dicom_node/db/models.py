@@ -112,6 +112,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    findings_applied: Mapped[bool] = mapped_column(default=False, server_default="0")
 
 
 class Delivery(Base):

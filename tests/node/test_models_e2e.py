@@ -184,3 +184,31 @@ def test_rerun_after_late_instances_versions_results_in_the_same_series(make_nod
             assert conn.execute("select run_number, state from jobs order by id").fetchall() == [(1, "done"), (2, "done")]
     finally:
         scp.stop()
+
+
+def test_rule_on_header_fix_findings_runs_only_when_the_check_says_so(make_node, tmp_path) -> None:
+    """"Send on (stand-in for: run the kidney model) only when enhancement-hu says enhanced"."""
+    from tests.peers import StoreSCP
+
+    scp = StoreSCP(tmp_path / "pacs-in").start()
+    try:
+        rules = (
+            '[[rule]]\nname = "ct-check"\n[rule.match]\nModality = "CT"\n[[rule.actions]]\ntype = "model"\n'
+            'model = "enhancement-hu"\noutputs = []\n'
+            '[[rule]]\nname = "only-enhanced"\n[rule.match]\nModality = "CT"\n"finding.enhancement-hu.label" = "enhanced"\n'
+            '[[rule.actions]]\ntype = "forward"\ndestinations = ["scp"]\n'
+        )
+        node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}}, rules={"r.toml": rules})
+        check = node.cli("rules", "check")
+        assert check.returncode == 0, check.stdout
+        enhanced = chest_ct_series(8, 128, contrast=True, seed=51)
+        native = chest_ct_series(8, 128, contrast=False, seed=52)
+        assert storescu(node.port, write_datasets(enhanced, tmp_path / "a", "A") + write_datasets(native, tmp_path / "b", "B")).returncode == 0
+        with sqlite3.connect(node.workdir / "node.db") as conn:
+            wait_for(lambda: conn.execute("select count(*) from jobs where state = 'done' and findings_applied").fetchone()[0] == 2, timeout=90)
+        wait_for(lambda: len(scp.files()) == 8, timeout=30)
+        time.sleep(1.5)
+        assert {str(pydicom.dcmread(p).SOPInstanceUID) for p in scp.files()} == {str(d.SOPInstanceUID) for d in enhanced}
+        assert "findings of enhancement-hu: only-enhanced" in node.log_text()
+    finally:
+        scp.stop()
