@@ -194,9 +194,10 @@ class Step:
                 "seconds": None if seconds is None else round(seconds, 3), "detail": self.detail}
 
 
-def temporary_rule_name(run: SelfTestRun) -> str:
+def temporary_rule(run: SelfTestRun) -> Any:
+    """The run's temporary rule (None if its text no longer parses here)."""
     parsed = parse_rules_text(run.rule_text, "selftest", None)
-    return parsed.rules[0].name if parsed.rules else ""
+    return parsed.rules[0] if parsed.rules else None
 
 
 def progress(session: Session, run: SelfTestRun) -> list[Step]:
@@ -218,13 +219,14 @@ def progress(session: Session, run: SelfTestRun) -> list[Step]:
     completed = series.completed_at if series is not None else None
     steps.append(Step("series complete", "done" if completed else "waiting", completed,
                       (series.completion_reason or "") if completed and series is not None else "quiet period running"))
-    temp = temporary_rule_name(run)
+    rule = temporary_rule(run)
+    temp = rule.name if rule is not None else ""
     dispatch = None
     if series is not None:
         dispatch = session.scalar(select(Dispatch).where(Dispatch.series_id == series.id, Dispatch.rule_name == temp).order_by(Dispatch.id).limit(1))
     steps.append(Step("dispatched by the rule", "done" if dispatch else "waiting", dispatch.created_at if dispatch else None,
                       "; ".join(dispatch.reasons) if dispatch else ""))
-    if series is not None and '"model"' in run.rule_text:
+    if series is not None and rule is not None and any(a.type == "model" for a in rule.actions):
         jobs = session.scalars(select(Job).where(Job.series_id == series.id, Job.rule_name == temp)).all()
         if not jobs:
             steps.append(Step("model run", "waiting", None, "no job yet"))
