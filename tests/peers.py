@@ -200,6 +200,7 @@ max_attempts = 5
 poll_seconds = 0.1
 
 {chr(10).join(dest_lines)}
+{"" if "[web]" in self.extra_config else "[web]" + chr(10) + "enabled = false  # tests that want the admin app configure it" + chr(10)}
 {self.extra_config}
 """
         )

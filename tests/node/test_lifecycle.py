@@ -104,7 +104,7 @@ def test_late_instances_follow_the_policy(make_node, scp, tmp_path, policy) -> N
 
 
 def test_waiting_series_says_why_and_when(make_node) -> None:
-    node = make_node()
+    node = make_node(quiet_seconds=4.0)  # long enough for two `status` runs on a loaded machine
     ae = AE(ae_title="DICOM_NODE_SCU")
     assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOM_NODE", contexts=[build_context(CTImageStorage, ExplicitVRLittleEndian)])
     assert assoc.send_c_store(chest_ct_series(1, 32)[0]).Status == 0
