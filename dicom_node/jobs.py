@@ -216,9 +216,13 @@ class JobSupervisor:
         self._procs[name] = proc
 
     def start(self) -> None:
+        """Recover interrupted jobs; workers start with the first job (``check``).
+
+        Starting them lazily keeps a node without model rules small (a worker
+        imports torch: ~150 MB) and keeps start-up from competing with the
+        receiver for the CPU.
+        """
         self.recover()
-        for i in range(self.config.jobs.workers):
-            self._spawn(f"model-worker-{i}")
 
     def recover(self) -> None:
         """Jobs left ``running`` by a previous process go back to the queue (or fail when out of attempts)."""
@@ -249,6 +253,13 @@ class JobSupervisor:
                     job.state, job.finished_at = "failed", utcnow()
                     job.error = f"timeout: still running after {self.config.jobs.timeout_seconds:g}s; the worker was stopped"
             log.error("job %d exceeded the %gs timeout; worker %s stopped", job_id, self.config.jobs.timeout_seconds, name)
+        if not self._procs:
+            with self.db.session() as session:
+                waiting = session.scalar(select(Job.id).where(Job.state == "pending").limit(1))
+            if waiting is not None:
+                for i in range(self.config.jobs.workers):
+                    self._spawn(f"model-worker-{i}")
+                log.info("started %d model worker(s)", self.config.jobs.workers)
         for name, proc in list(self._procs.items()):
             if not proc.is_alive():
                 log.warning("model worker %s exited (code %s); starting a new one", name, proc.exitcode)

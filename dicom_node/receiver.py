@@ -26,7 +26,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database
-from dicom_node.ingest import InstanceHeader, record_instance
+from dicom_node.ingest import InstanceHeader, record_instance, record_new_instance_fast
 from dicom_node.spool import Spool, SpoolError, disk_state
 
 log = logging.getLogger("dicom_node.receiver")
@@ -49,6 +49,33 @@ STATUS_OUT_OF_RESOURCES_DB = 0xA701
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_MISSING_IDENTIFIERS = 0xC211
 STATUS_SOP_CLASS_REFUSED = 0x0122
+
+
+_LAST_HEADER_TAG = 0x0020000E  # Series Instance UID: every attribute the database keeps comes before it
+
+
+def _identifying_header(event: evt.Event) -> Any:
+    """Decode only the attributes up to Series Instance UID, not the pixel data.
+
+    Parsing the whole dataset (``event.dataset``) costs more CPU than every
+    other step of a C-STORE together for large images; the bytes are written
+    as received anyway.  Deflated datasets must be inflated first, so they take
+    pynetdicom's full decode.
+    """
+    syntax = event.context.transfer_syntax
+    if syntax.is_deflated:
+        return event.dataset
+    from pydicom.filereader import read_dataset
+
+    stream = event.request.DataSet
+    stream.seek(0)
+    try:
+        return read_dataset(
+            stream, syntax.is_implicit_VR, syntax.is_little_endian,
+            stop_when=lambda tag, vr, length: tag > _LAST_HEADER_TAG,
+        )
+    finally:
+        stream.seek(0)
 
 
 def _utcnow() -> datetime:
@@ -122,6 +149,8 @@ class Receiver:
             session.add(row)
         event.assoc.node_association_id = row.id  # type: ignore[attr-defined]
         event.assoc.node_counts = [0, 0]  # type: ignore[attr-defined]
+        # series UID -> (series id, study id) seen on this association, for the fast database path
+        event.assoc.node_series = {}  # type: ignore[attr-defined]
         log.info("association %d from %s@%s:%d", row.id, row.calling_ae, rq.address, rq.port)
 
     def _on_ended(self, event: evt.Event) -> None:
@@ -162,7 +191,7 @@ class Receiver:
             log.warning("C-STORE %s refused: SOP class %s not accepted by %s", sop_uid, sop_class, listener.ae_title)
             return STATUS_SOP_CLASS_REFUSED
         try:
-            ds = event.dataset
+            ds = _identifying_header(event)
             header = InstanceHeader(
                 study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID),
                 sop_uid=str(ds.SOPInstanceUID), sop_class_uid=sop_class,
@@ -191,14 +220,26 @@ class Receiver:
             log.error("C-STORE %s failed: %s", sop_uid, exc)
             return STATUS_OUT_OF_RESOURCES_DISK
         called = listener.ae_title if listener else self.config.ae_title
+        known: dict[str, tuple[int, int]] = getattr(event.assoc, "node_series", {})
+        assoc_id = getattr(event.assoc, "node_association_id", None)
         try:
             with self.db.write() as session:
-                outcome = record_instance(
-                    session, header, path=str(path), size=stored.size,
-                    association_id=getattr(event.assoc, "node_association_id", None),
-                    called_ae=called, calling_ae=event.assoc.requestor.ae_title.strip(),
-                    late_policy=self.config.completion_for(called).late_instances, now=_utcnow(),
-                )
+                now = _utcnow()
+                outcome = None
+                if header.series_uid in known and not stored.replaced:
+                    series_id, study_id = known[header.series_uid]
+                    outcome = record_new_instance_fast(
+                        session, header, series_id=series_id, study_id=study_id, path=str(path), size=stored.size,
+                        association_id=assoc_id, now=now,
+                    )
+                if outcome is None:
+                    outcome = record_instance(
+                        session, header, path=str(path), size=stored.size, association_id=assoc_id,
+                        called_ae=called, calling_ae=event.assoc.requestor.ae_title.strip(),
+                        late_policy=self.config.completion_for(called).late_instances, now=now,
+                    )
+            if not outcome.late:
+                known[header.series_uid] = (outcome.series_id, outcome.study_id)
         except Exception as exc:  # noqa: BLE001 - any DB failure is "out of resources" to the sender
             log.error("C-STORE %s failed: database error (%s: %s)", sop_uid, type(exc).__name__, exc)
             return STATUS_OUT_OF_RESOURCES_DB

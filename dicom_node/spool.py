@@ -81,7 +81,7 @@ class Spool:
                 handle.write(dataset)
                 handle.flush()
                 if self.fsync:
-                    os.fsync(handle.fileno())
+                    os.fdatasync(handle.fileno())  # data + size; the rename and directory fsync cover the rest
             new_dir = not destination.parent.exists()
             destination.parent.mkdir(parents=True, exist_ok=True)
             replaced = destination.exists()
