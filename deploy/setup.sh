@@ -10,6 +10,8 @@ mode="${1:-run}"
 apt_packages=(dcmtk)
 if [ "$mode" = "test" ]; then
   apt_packages+=(orthanc dicom3tools postgresql chromium)
+  # Node.js for the viewer check; a machine that already has node (e.g. v20) keeps it
+  command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
