@@ -12,7 +12,8 @@ alone.
 What is reported per model:
 
 - latency of one ``predict`` call (per series or per image: the input is
-  one unit), median over ``--repeat`` calls, plus the first (cold) call;
+  one unit), median over ``--repeat`` calls, plus the first (cold) call,
+  and the CPU time (all threads) of the median call;
 - a split into *pre* (reading DICOM and preprocessing, up to the first
   network call), *net* (inside the top-level torch modules the model
   holds, found by forward hooks: no model code is touched), *between*
@@ -375,6 +376,12 @@ def child_weights(name: str, workdir: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def max_rss_mb() -> float:
     """Peak resident set of this process so far (Linux reports kB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -475,11 +482,11 @@ def child_measure(name: str, workdir: Path, input_dir: Path, device_name: str, r
     runs = []
     for i in range(repeat):
         timer.calls.clear()
-        start = time.perf_counter()
+        cpu_start, start = cpu_seconds(), time.perf_counter()
         result = model.predict(input_dir)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        runs.append(timer.stages(start, time.perf_counter()))
+        runs.append({**timer.stages(start, time.perf_counter()), "cpu": cpu_seconds() - cpu_start})
         if i == 0:
             timer.capturing = False
             summary = _summarise(result)
@@ -560,6 +567,7 @@ class Row:
     unit: str = ""
     status: str = "ok"
     latency_s: float = float("nan")
+    cpu_s: float = float("nan")
     first_s: float = float("nan")
     pre_s: float = float("nan")
     net_s: float = float("nan")
@@ -613,7 +621,7 @@ def bench_model(info: Any, input_dir: Path, plan: InputPlan, args: argparse.Name
         return row
     runs = measured["runs"]
     median = sorted(runs, key=lambda r: r["total"])[(len(runs) - 1) // 2]  # lower median: a real run
-    row.latency_s, row.first_s = median["total"], runs[0]["total"]
+    row.latency_s, row.first_s, row.cpu_s = median["total"], runs[0]["total"], median["cpu"]
     row.pre_s, row.net_s, row.between_s, row.post_s = (median[k] for k in ("pre", "net", "between", "post"))
     row.net_calls = median["calls"]
     row.load_s = measured["load_s"]
@@ -665,7 +673,7 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 
 def print_table(rows: list[Row], device: str) -> None:
-    header = ["model", "input", "unit", "latency s", "first s", "pre s", "net s", "between s", "post s",
+    header = ["model", "input", "unit", "latency s", "first s", "CPU s", "pre s", "net s", "between s", "post s",
               "net calls", "load s", "RSS loaded MB", "peak rise MB"]
     if device != "cpu":
         header.append("GPU peak MB")
@@ -675,7 +683,7 @@ def print_table(rows: list[Row], device: str) -> None:
     for r in rows:
         if r.status != "ok":
             continue
-        cells = [r.model, r.input, r.unit, _fmt(r.latency_s), _fmt(r.first_s), _fmt(r.pre_s), _fmt(r.net_s),
+        cells = [r.model, r.input, r.unit, _fmt(r.latency_s), _fmt(r.first_s), _fmt(r.cpu_s), _fmt(r.pre_s), _fmt(r.net_s),
                  _fmt(r.between_s), _fmt(r.post_s), str(r.net_calls), _fmt(r.load_s), _fmt(r.rss_loaded_mb, 0),
                  _fmt(r.peak_rise_mb, 0)]
         if device != "cpu":
