@@ -110,6 +110,29 @@ def _association_failure(assoc, destination: DicomDestination) -> str:  # type: 
     return f"no association with {where}"
 
 
+def _pause_reactor(assoc) -> None:  # type: ignore[no-untyped-def]
+    """Make sure pynetdicom's reactor thread is really parked before a C-STORE.
+
+    pynetdicom 3.0 pauses its reactor inside ``send_c_store`` by clearing an
+    event and waiting for ``_is_paused``; the reactor sets that flag just
+    before it waits, so the sender can see it while the reactor is passing
+    through, and the reactor then takes the C-STORE-RSP off the queue and
+    drops it ("unexpected C-STORE service message"): the sender waits out its
+    DIMSE timeout (about one store in a thousand).  Parking it here first,
+    and confirming it stays parked for longer than the flag is ever set in
+    passing, closes that window; ``send_c_store`` then finds it parked.
+    """
+    checkpoint = assoc._reactor_checkpoint
+    checkpoint.clear()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if assoc._is_paused:
+            time.sleep(0.0003)  # the flag is set in passing for microseconds only
+            if assoc._is_paused:
+                return
+        time.sleep(0.0001)
+
+
 def send_dicom(
     destination: DicomDestination, paths: list[str], calling_ae: str, on_result: Callable[[ItemResult], None]
 ) -> None:
@@ -142,6 +165,7 @@ def send_dicom(
             else:
                 on_result(ItemResult(info.path, False, None, f"destination accepted no context for SOP class {info.sop_class.name}", 0.0))
                 continue
+            _pause_reactor(assoc)
             status = assoc.send_c_store(payload)
             elapsed = (time.perf_counter() - start) * 1000
             if status is None or "Status" not in status:
