@@ -212,3 +212,26 @@ def test_rule_on_header_fix_findings_runs_only_when_the_check_says_so(make_node,
         assert "findings of enhancement-hu: only-enhanced" in node.log_text()
     finally:
         scp.stop()
+
+
+def test_a_job_over_its_timeout_is_stopped_and_the_next_job_runs(make_node, tmp_path) -> None:
+    """The lung U-Net at its full 1024 input takes far longer than 2 s on a CPU: the supervisor stops it."""
+    rules = (
+        '[[rule]]\nname = "dx-lung-slow"\n[rule.match]\nModality = "DX"\n[[rule.actions]]\ntype = "model"\nmodel = "lung"\n'
+        'outputs = ["seg"]\ndestinations = ["archive"]\n'
+        '[[rule]]\nname = "dx-lr"\n[rule.match]\nModality = "DX"\n[[rule.actions]]\ntype = "model"\nmodel = "lr-mark-classic"\n'
+        'outputs = ["sr"]\ndestinations = ["archive"]\n'
+    )
+    node = make_node(destinations={"archive": {"type": "folder", "path": "archive"}}, rules={"r.toml": rules},
+                     extra_config="[jobs]\ntimeout_seconds = 2.0\nmax_attempts = 1\n")
+    random_lung_weights(node.workdir / "var" / "weights" / "lung")
+    assert storescu(node.port, write_datasets([chest_dx(512, 512, seed=3)], tmp_path / "dx")).returncode == 0
+
+    def states():  # type: ignore[no-untyped-def]
+        with sqlite3.connect(node.workdir / "node.db") as conn:
+            return dict(conn.execute("select json_extract(action, '$.model'), state || ':' || coalesce(error, '') from jobs").fetchall())
+
+    final = wait_for(lambda: (lambda s: s if len(s) == 2 and all(v.split(":")[0] in ("done", "failed") for v in s.values()) else None)(states()), timeout=120)
+    assert final["lung"].startswith("failed:timeout"), final
+    assert final["lr-mark-classic"] == "done:"
+    assert "exceeded the 2s timeout" in node.log_text()
