@@ -264,3 +264,22 @@ def storescu_as_stored(port: int, files: list[Path], **kwargs) -> list[subproces
         ts = str(pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID)
         groups.setdefault(ts, []).append(path)
     return [storescu(port, group, extra=["-R", _STORESCU_TS_FLAG[ts]], **kwargs) for ts, group in groups.items()]
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns something truthy; return that, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def node_db_rows(node: "NodeProcess", sql: str) -> list:
+    """Rows of a query on a test node's SQLite database."""
+    import sqlite3
+
+    with sqlite3.connect(node.workdir / "node.db", timeout=30) as conn:
+        return conn.execute(sql).fetchall()

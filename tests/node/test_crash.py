@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import sqlite3
 import threading
 import time
 
@@ -14,24 +13,13 @@ from pynetdicom.sop_class import CTImageStorage
 
 from dicom_node.synthetic import chest_ct_series, write_datasets
 from tests.node.conftest import forward_rule
-from tests.peers import StoreSCP, storescu, wait_port
+from tests.peers import StoreSCP, node_db_rows, storescu, wait_for, wait_port
 
 pytestmark = pytest.mark.peers
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
-def query(node, sql: str):  # type: ignore[no-untyped-def]
-    with sqlite3.connect(node.workdir / "node.db", timeout=30) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def arrivals(scp: StoreSCP) -> collections.Counter:
@@ -88,9 +76,9 @@ def test_sigkill_during_reception_keeps_every_acknowledged_instance(make_node, s
     assert killed.is_set() and 25 <= len(acked) < len(series)
 
     restart(node)
-    stored = {row[0] for row in query(node, "select sop_instance_uid from instances")}
+    stored = {row[0] for row in node_db_rows(node, "select sop_instance_uid from instances")}
     assert set(acked) <= stored, "an acknowledged instance was lost"
-    assert "node-restart" in {row[0] for row in query(node, "select end_reason from associations")}
+    assert "node-restart" in {row[0] for row in node_db_rows(node, "select end_reason from associations")}
     # the modality sends the whole series again, as it would after an aborted association
     assert storescu(node.port, write_datasets(series, node.workdir / "resend")).returncode == 0
     counts = wait_for(lambda: (lambda c: c if len(c) == len(series) else None)(arrivals(scp)), timeout=60)
@@ -98,7 +86,7 @@ def test_sigkill_during_reception_keeps_every_acknowledged_instance(make_node, s
     counts = arrivals(scp)
     assert set(counts) == {str(d.SOPInstanceUID) for d in series}
     duplicates = sum(n - 1 for n in counts.values())
-    possible = sum(r[0] for r in query(node, "select possible_duplicates from deliveries"))
+    possible = sum(r[0] for r in node_db_rows(node, "select possible_duplicates from deliveries"))
     assert duplicates <= possible, f"{duplicates} duplicate(s) at the destination, {possible} counted"
 
 
@@ -111,14 +99,14 @@ def test_sigkill_during_delivery_resumes_and_delivers_once(make_node, scp, tmp_p
     node.kill()
     before = len(scp.files())
     assert before < len(series), "delivery finished before the kill; make the series bigger"
-    assert query(node, "select state from deliveries") == [("sending",)]
+    assert node_db_rows(node, "select state from deliveries") == [("sending",)]
 
     restart(node)
-    wait_for(lambda: query(node, "select state from deliveries") == [("delivered",)], timeout=90)
+    wait_for(lambda: node_db_rows(node, "select state from deliveries") == [("delivered",)], timeout=90)
     counts = arrivals(scp)
     assert set(counts) == {str(d.SOPInstanceUID) for d in series}
     duplicates = sum(n - 1 for n in counts.values())
-    possible = query(node, "select possible_duplicates from deliveries")[0][0]
+    possible = node_db_rows(node, "select possible_duplicates from deliveries")[0][0]
     assert possible == 1 and duplicates <= 1, f"{duplicates} duplicate(s); the node counted {possible} possible"
 
 
@@ -128,7 +116,7 @@ def test_completion_timer_survives_a_restart(make_node, scp, tmp_path) -> None:
     series = chest_ct_series(5, 32, seed=9)
     assert storescu(node.port, write_datasets(series, tmp_path / "ct")).returncode == 0
     node.kill()  # inside the quiet period: nothing dispatched yet
-    assert query(node, "select state from series") == [("receiving",)]
+    assert node_db_rows(node, "select state from series") == [("receiving",)]
     restart(node)
     wait_for(lambda: len(scp.files()) == 5, timeout=30)
-    assert query(node, "select state, run_count from series") == [("dispatched", 1)]
+    assert node_db_rows(node, "select state, run_count from series") == [("dispatched", 1)]

@@ -1,7 +1,6 @@
 """Receive with dcmtk storescu, forward to a real Orthanc and dcmtk storescp, compare bytes."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pydicom
@@ -11,7 +10,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
 from dicom_node.synthetic import chest_ct_series, chest_dx, write_datasets
 from tests.node.conftest import forward_rule
-from tests.peers import storescu_as_stored
+from tests.peers import storescu_as_stored, wait_for
 
 pytestmark = pytest.mark.peers
 
@@ -37,14 +36,6 @@ def dataset_bytes(path: Path | str) -> bytes:
     return raw[start:]
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @pytest.fixture

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import time
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -15,24 +13,13 @@ from pynetdicom.sop_class import CTImageStorage
 
 from dicom_node.synthetic import chest_ct_series, write_datasets
 from tests.node.conftest import forward_rule
-from tests.peers import DCMTK_ENV, Orthanc, StoreSCP, free_port, storescu
+from tests.peers import DCMTK_ENV, Orthanc, StoreSCP, free_port, node_db_rows, storescu, wait_for
 
 pytestmark = pytest.mark.peers
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
-def query(node, sql: str):  # type: ignore[no-untyped-def]
-    with sqlite3.connect(node.workdir / "node.db") as conn:
-        return conn.execute(sql).fetchall()
 
 
 def status(node) -> dict:  # type: ignore[no-untyped-def]
@@ -66,9 +53,9 @@ def test_duplicate_sop_instance_keeps_newest_copy_and_counts(make_node, scp, tmp
     assert storescu(node.port, files).returncode == 0
     assert storescu(node.port, [changed_path]).returncode == 0
     wait_for(lambda: len(scp.files()) >= 3)
-    rows = query(node, "select version from instances order by version desc")
+    rows = node_db_rows(node, "select version from instances order by version desc")
     assert [r[0] for r in rows] == [2, 1, 1]
-    assert query(node, "select duplicate_count, instance_count from series") == [(1, 3)]
+    assert node_db_rows(node, "select duplicate_count, instance_count from series") == [(1, 3)]
     stored = next((node.workdir / "spool").rglob(f"{series[0].SOPInstanceUID}.dcm"))
     assert pydicom.dcmread(stored).SeriesDescription == "CORRECTED"
     time.sleep(1.5)
@@ -80,7 +67,7 @@ def test_duplicate_sop_instance_keeps_newest_copy_and_counts(make_node, scp, tmp
 @pytest.mark.parametrize("policy", ["rerun", "ignore"])
 def test_late_instances_follow_the_policy(make_node, scp, tmp_path, policy) -> None:
     node = make_node(destinations=scp_destination(scp), rules={"f.toml": forward_rule("scp")},
-                     extra_config=f"")
+                     extra_config="")
     node.stop()
     node.config_path.write_text(node.config_path.read_text().replace("[completion]", f"[completion]\nlate_instances = \"{policy}\""))
     node.start()
@@ -89,18 +76,18 @@ def test_late_instances_follow_the_policy(make_node, scp, tmp_path, policy) -> N
     late = write_datasets(series[3:], tmp_path / "late")
     assert storescu(node.port, first).returncode == 0
     wait_for(lambda: len(scp.files()) == 3)
-    wait_for(lambda: query(node, "select state from deliveries") == [("delivered",)])
+    wait_for(lambda: node_db_rows(node, "select state from deliveries") == [("delivered",)])
     assert storescu(node.port, late).returncode == 0
-    assert query(node, "select late from instances where sop_instance_uid = '%s'" % series[3].SOPInstanceUID) == [(1,)]
+    assert node_db_rows(node, "select late from instances where sop_instance_uid = '%s'" % series[3].SOPInstanceUID) == [(1,)]
     if policy == "rerun":
         wait_for(lambda: len(scp.files()) == 4)
-        assert query(node, "select run_count, late_count, state from series") == [(2, 1, "dispatched")]
+        assert node_db_rows(node, "select run_count, late_count, state from series") == [(2, 1, "dispatched")]
         time.sleep(1.5)
         assert sorted(uids_at(scp)) == sorted(str(d.SOPInstanceUID) for d in series)  # only the new one was sent again
     else:
         time.sleep(3)
         assert len(scp.files()) == 3
-        assert query(node, "select run_count, late_count, state from series") == [(1, 1, "dispatched")]
+        assert node_db_rows(node, "select run_count, late_count, state from series") == [(1, 1, "dispatched")]
 
 
 def test_waiting_series_says_why_and_when(make_node) -> None:
@@ -116,7 +103,7 @@ def test_waiting_series_says_why_and_when(make_node) -> None:
     waiting = status(node)["waiting_series"]
     assert "quiet period" in waiting[0]["reason"] and waiting[0]["fires_at"]
     wait_for(lambda: not status(node)["waiting_series"])
-    assert query(node, "select state, completion_reason from series") == [("dispatched", "quiet")]
+    assert node_db_rows(node, "select state, completion_reason from series") == [("dispatched", "quiet")]
 
 
 def test_destination_down_then_up_delivery_completes(make_node, tmp_path) -> None:
@@ -131,7 +118,7 @@ def test_destination_down_then_up_delivery_completes(make_node, tmp_path) -> Non
     assert "cannot connect" in failed[0]["last_error"] and failed[0]["state"] in ("pending", "sending")  # retrying
     orthanc.start()
     try:
-        wait_for(lambda: query(node, "select state from deliveries") == [("delivered",)], timeout=30)
+        wait_for(lambda: node_db_rows(node, "select state from deliveries") == [("delivered",)], timeout=30)
         assert len(orthanc.instances()) == 3
     finally:
         orthanc.stop()
@@ -145,14 +132,14 @@ def test_exhausted_retries_end_failed_and_retry_command_requeues(make_node, tmp_
     node.config_path.write_text(node.config_path.read_text().replace("max_attempts = 5", "max_attempts = 2"))
     node.start()
     assert storescu(node.port, write_datasets(chest_ct_series(2, 32), tmp_path / "ct")).returncode == 0
-    wait_for(lambda: query(node, "select state, attempts from deliveries") == [("failed", 2)], timeout=30)
+    wait_for(lambda: node_db_rows(node, "select state, attempts from deliveries") == [("failed", 2)], timeout=30)
     text = node.cli("status")
     assert "failed" in text.stdout and "cannot connect" in text.stdout
     scp = StoreSCP(tmp_path / "back", aet="GONE", port=port).start()
     try:
         result = node.cli("retry", "--all-failed")
         assert result.returncode == 0 and "1 delivery queued again" in result.stdout
-        wait_for(lambda: query(node, "select state from deliveries") == [("delivered",)], timeout=20)
+        wait_for(lambda: node_db_rows(node, "select state from deliveries") == [("delivered",)], timeout=20)
         assert len(scp.files()) == 2
     finally:
         scp.stop()
@@ -174,8 +161,8 @@ def test_many_senders_at_once_lose_nothing(make_node, scp, tmp_path) -> None:
         ))
     for proc in procs:
         assert proc.wait(120) == 0, proc.stderr.read()
-    assert query(node, "select count(*) from instances") == [(100,)]
+    assert node_db_rows(node, "select count(*) from instances") == [(100,)]
     wait_for(lambda: len(scp.files()) >= 100, timeout=60)
     time.sleep(1)
     assert sorted(uids_at(scp)) == sorted(expected)
-    assert query(node, "select count(*), sum(instances_received) from associations") == [(4, 100)]
+    assert node_db_rows(node, "select count(*), sum(instances_received) from associations") == [(4, 100)]

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from dicom_node.synthetic import chest_ct_series, chest_dx, write_datasets
-from tests.peers import storescu, storescu_as_stored
+from tests.peers import storescu, wait_for
 
 pytestmark = pytest.mark.peers
 
@@ -58,14 +58,6 @@ destinations = ["pacs"]
 """
 
 
-def wait_for(predicate, timeout: float = 120.0, interval: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def random_lung_weights(folder: Path) -> None:
