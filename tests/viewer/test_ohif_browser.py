@@ -28,7 +28,10 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 _MISSING = dist_missing_reason() or browser_missing_reason()
-pytestmark = [pytest.mark.peers, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
+# OHIF renders asynchronously and, on a loaded 2-core machine, now and then too late for a
+# wait; one rerun of a browser test keeps CI honest without hiding a real failure (a wrong
+# slice or outline fails every run).
+pytestmark = [pytest.mark.peers, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or ""), pytest.mark.flaky(reruns=1)]
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +133,11 @@ def test_ohif_shows_the_lr_marker_sr_on_the_radiograph(viewer: ViewerPage, tmp_p
         matching = [a for a in drawn if np.allclose(np.asarray(a["points"])[:, :2], expected, atol=0.01)]
         assert len(matching) == 1, f"no outline drawn at {expected}: {drawn}"
         assert matching[0]["sopInstanceUID"] == str(dx.SOPInstanceUID)
-        viewport_text = viewer.page.locator("[data-cy=viewport-pane]").first.inner_text()
+        # the measurement labels are drawn a moment after the outlines: wait for them (up to 20 s)
+        pane = viewer.page.locator("[data-cy=viewport-pane]").first
+        deadline = time.monotonic() + 20
+        while f"Probability: {box.score:.2f}" not in (viewport_text := pane.inner_text()) and time.monotonic() < deadline:
+            time.sleep(0.25)
         assert f"Probability: {box.score:.2f}" in viewport_text
     shot = viewer.screenshot("ohif_dx_lr_sr.png")
     print(f"screenshot: {shot}")
