@@ -12,8 +12,8 @@ alone.
 What is reported per model:
 
 - latency of one ``predict`` call (per series or per image: the input is
-  one unit), median over ``--repeat`` calls, plus the first (cold) call,
-  and the CPU time (all threads) of the median call;
+  one unit), median and best over ``--repeat`` calls, the first (cold)
+  call, and the CPU time (all threads) of the median call;
 - a split into *pre* (reading DICOM and preprocessing, up to the first
   network call), *net* (inside the top-level torch modules the model
   holds, found by forward hooks: no model code is touched), *between*
@@ -23,7 +23,8 @@ What is reported per model:
 - for Keras-derived networks with a reference builder (``KERAS_RECIPES``),
   the tf_keras reference timed on exactly the tensors the port's network
   received in the same run, and the ratio port / reference (network time
-  only, since the reference has no DICOM pipeline of ours);
+  only, since the reference has no DICOM pipeline of ours; best of the
+  repeats on both sides, the figure least disturbed by other processes);
 - ``load``: the 1-minute load average around the measurement.  Above the
   number of CPUs, other processes competed for them and the times are
   inflated (torch's OpenMP threads suffer more from that than TF's pool).
@@ -52,7 +53,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -549,7 +549,7 @@ def child_reference(name: str, workdir: Path, repeat: int) -> dict[str, Any]:
             for x in inputs:
                 model.predict_on_batch(x)
             times.append(time.perf_counter() - start)
-        per_module[reference.port_module] = statistics.median(times)
+        per_module[reference.port_module] = min(times)
     if not per_module:
         return {"error": "the port ran none of the reference networks"}
     return {"net_s": per_module, "tf": tf.__version__, "tf_threads": tf.config.threading.get_intra_op_parallelism_threads()}
@@ -567,6 +567,7 @@ class Row:
     unit: str = ""
     status: str = "ok"
     latency_s: float = float("nan")
+    best_s: float = float("nan")
     cpu_s: float = float("nan")
     first_s: float = float("nan")
     pre_s: float = float("nan")
@@ -622,6 +623,7 @@ def bench_model(info: Any, input_dir: Path, plan: InputPlan, args: argparse.Name
     runs = measured["runs"]
     median = sorted(runs, key=lambda r: r["total"])[(len(runs) - 1) // 2]  # lower median: a real run
     row.latency_s, row.first_s, row.cpu_s = median["total"], runs[0]["total"], median["cpu"]
+    row.best_s = min(r["total"] for r in runs)
     row.pre_s, row.net_s, row.between_s, row.post_s = (median[k] for k in ("pre", "net", "between", "post"))
     row.net_calls = median["calls"]
     row.load_s = measured["load_s"]
@@ -644,7 +646,7 @@ def bench_model(info: Any, input_dir: Path, plan: InputPlan, args: argparse.Name
                 row.notes.append(f"reference: {ref['error']}")
             else:
                 row.ref_net_s = sum(ref["net_s"].values())
-                port = statistics.median(sum(r.get("by_module", {}).get(m, 0.0) for m in ref["net_s"]) for r in runs)
+                port = min(sum(r.get("by_module", {}).get(m, 0.0) for m in ref["net_s"]) for r in runs)
                 row.ratio = port / row.ref_net_s
     return row
 
@@ -673,7 +675,7 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 
 def print_table(rows: list[Row], device: str) -> None:
-    header = ["model", "input", "unit", "latency s", "first s", "CPU s", "pre s", "net s", "between s", "post s",
+    header = ["model", "input", "unit", "latency s", "best s", "first s", "CPU s", "pre s", "net s", "between s", "post s",
               "net calls", "load s", "RSS loaded MB", "peak rise MB"]
     if device != "cpu":
         header.append("GPU peak MB")
@@ -683,7 +685,7 @@ def print_table(rows: list[Row], device: str) -> None:
     for r in rows:
         if r.status != "ok":
             continue
-        cells = [r.model, r.input, r.unit, _fmt(r.latency_s), _fmt(r.first_s), _fmt(r.cpu_s), _fmt(r.pre_s), _fmt(r.net_s),
+        cells = [r.model, r.input, r.unit, _fmt(r.latency_s), _fmt(r.best_s), _fmt(r.first_s), _fmt(r.cpu_s), _fmt(r.pre_s), _fmt(r.net_s),
                  _fmt(r.between_s), _fmt(r.post_s), str(r.net_calls), _fmt(r.load_s), _fmt(r.rss_loaded_mb, 0),
                  _fmt(r.peak_rise_mb, 0)]
         if device != "cpu":
