@@ -341,8 +341,12 @@ def required_weights(info: Any) -> list[Any]:
     return [spec for spec in info.weights if not spec.optional]
 
 
+def keras_path(workdir: Path, key: str) -> Path:
+    return workdir / f"{key}.h5"
+
+
 def weight_path(workdir: Path, spec: Any) -> Path:
-    return workdir / f"{spec.key}{'.pth' if spec.format == 'torch_pickle' else '.h5'}"
+    return workdir / f"{spec.key}.pth" if spec.format == "torch_pickle" else keras_path(workdir, spec.key)
 
 
 def prepare_weights(info: Any, workdir: Path) -> str | None:
@@ -362,13 +366,10 @@ def child_weights(name: str, workdir: Path) -> dict[str, Any]:
     """Child: write every Keras file of ``name`` from its reference builder (random initial weights)."""
     import tf_keras
 
-    made = {}
     for key, reference in KERAS_RECIPES[name].items():
         tf_keras.backend.clear_session()
-        model = reference.build()
-        model.save_weights(str(workdir / f"{key}.h5"))
-        made[key] = int(model.count_params())
-    return {"params": made}
+        reference.build().save_weights(str(keras_path(workdir, key)))
+    return {"written": sorted(KERAS_RECIPES[name])}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -541,7 +542,7 @@ def child_reference(name: str, workdir: Path, repeat: int) -> dict[str, Any]:
         if not inputs:
             continue  # the port never ran this network on this input (e.g. a cascade stage found nothing)
         model = reference.build()
-        model.load_weights(str(workdir / f"{key}.h5"))
+        model.load_weights(str(keras_path(workdir, key)))
         model.predict_on_batch(inputs[0])  # build the graph once, outside the timing
         times = []
         for _ in range(repeat):
