@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from pydicom.dataset import Dataset
 
-from ai_models.base import Model
+from ai_models.base import Model, channels_last
 from ai_models.errors import InputError, ModelError
 from ai_models.inputs import read_datasets
 from ai_models.nets.resnet50 import MI2RLResNet50Classifier
@@ -215,7 +215,7 @@ class EnhancementClassifier(Model):
         self._check_options()
         self.net = MI2RLResNet50Classifier(in_channels=2, num_classes=len(LABELS))
         self.net.load_keras_h5(weights["weights"])
-        self.net.to(device).eval()
+        channels_last(self.net.to(device).eval())
 
     def _check_options(self) -> None:
         o = self.options

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydicom.dataset import Dataset
 
-from ai_models.base import Model
+from ai_models.base import Model, channels_last
 from ai_models.chest.radiograph import radiograph_to_unit, to_uint8
 from ai_models.errors import InputError
 from ai_models.inputs import read_datasets
@@ -112,7 +112,7 @@ class LungSegmenter(Model):
         super().__init__(weights, device, **options)
         self.net = LungUNet()
         load_keras_weights_topological(self.net.keras_layers(), weights["weights"])
-        self.net.eval().to(device)
+        channels_last(self.net.eval().to(device))
         self.input_size = int(self.options["input_size"])
         if self.input_size < 16 or self.input_size % 16:
             raise ValueError(f"lung: input_size must be a multiple of 16 (the U-Net halves it 4 times), got {self.input_size}")
