@@ -175,7 +175,7 @@ def keras_enhancement(tmp_path_factory):
 def test_series_decision_is_the_mean_over_the_middle_third(keras_enhancement):
     torch.set_num_threads(1)
     path, series, reference = keras_enhancement
-    assert np.ptp(np.stack(list(reference.values())), axis=0).max() > 0.05  # slices really differ
+    assert np.ptp(np.stack(list(reference.values())), axis=0).max() > 0.01  # slices really differ (by far more than the 1e-4 tolerance below)
     model = load_model("enhancement", weights=path, device="cpu", batch_size=2)
     result = model.predict(series)
     by_z = sorted(series, key=lambda ds: ds.ImagePositionPatient[2])
