@@ -68,7 +68,7 @@ def forward_action(session: Session, target: Target, rule_name: str, action: dic
             session.execute(
                 select(DeliveryItem.sop_instance_uid, DeliveryItem.instance_version)
                 .join(Delivery, Delivery.id == DeliveryItem.delivery_id)
-                .where(Delivery.destination == destination, DeliveryItem.state != "skipped",
+                .where(Delivery.destination == destination,
                        DeliveryItem.sop_instance_uid.in_([i.sop_instance_uid for i in target.instances]))
             ).all()
         )

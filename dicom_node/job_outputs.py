@@ -78,7 +78,8 @@ def build_outputs(
     wanted = set(action.get("outputs", []))
     out: list[Dataset] = []
     for result in results:
-        used = [ds for ds in sources if str(ds.SOPInstanceUID) in set(result.source_sop_instance_uids)] or sources
+        wanted_uids = set(result.source_sop_instance_uids)
+        used = [ds for ds in sources if str(ds.SOPInstanceUID) in wanted_uids] or sources
         if isinstance(result, Segmentation):
             seg = None
             if "seg" in wanted:
