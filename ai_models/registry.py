@@ -161,6 +161,8 @@ def load_model(
     info = get_info(name)
     factory = _REGISTRY[name][1]
     resolved = resolve_weights(info, weights)
+    from ai_models.allocator import retain_freed_memory
     from ai_models.base import select_device
 
+    retain_freed_memory()
     return factory(weights=resolved, device=select_device(device), **options)

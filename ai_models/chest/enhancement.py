@@ -47,6 +47,7 @@ import torch
 from pydicom.dataset import Dataset
 
 from ai_models.base import Model, channels_last
+from ai_models.nets.folding import fold_batchnorms
 from ai_models.errors import InputError, ModelError
 from ai_models.inputs import read_datasets
 from ai_models.nets.resnet50 import MI2RLResNet50Classifier
@@ -215,7 +216,8 @@ class EnhancementClassifier(Model):
         self._check_options()
         self.net = MI2RLResNet50Classifier(in_channels=2, num_classes=len(LABELS))
         self.net.load_keras_h5(weights["weights"])
-        channels_last(self.net.to(device).eval())
+        fold_batchnorms(self.net.eval())
+        channels_last(self.net.to(device))
 
     def _check_options(self) -> None:
         o = self.options

@@ -37,6 +37,7 @@ import torch
 from pydicom.dataset import Dataset
 
 from ai_models.base import Model, channels_last
+from ai_models.nets.folding import fold_batchnorms
 from ai_models.chest.anchors import Letterbox, clip_boxes, decode_boxes, filter_detections, generate_anchors
 from ai_models.chest.radiograph import radiograph_to_unit, to_uint8
 from ai_models.inputs import read_datasets
@@ -102,7 +103,8 @@ class LRMarkDetector(Model):
         super().__init__(weights, device, **options)
         self.net = EfficientDetD0Lite()
         load_keras_weights_by_name(self.net.keras_layers(), weights["weights"])
-        channels_last(self.net.eval().to(device))
+        fold_batchnorms(self.net.eval())
+        channels_last(self.net.to(device))
         self.anchors = generate_anchors(INPUT_SIZE)
 
     @torch.no_grad()

@@ -28,6 +28,7 @@ import torch
 from pydicom.dataset import Dataset
 
 from ai_models.base import Model, channels_last
+from ai_models.nets.folding import fold_batchnorms
 from ai_models.chest.radiograph import radiograph_to_unit
 from ai_models.errors import InputError
 from ai_models.inputs import read_datasets
@@ -121,7 +122,8 @@ class ChestViewClassifier(Model):
         super().__init__(weights, device, **options)
         self.net = MI2RLResNet50Classifier(in_channels=1, num_classes=len(LABELS))
         self.net.load_keras_h5(weights["weights"])
-        channels_last(self.net.to(device).eval())
+        fold_batchnorms(self.net.eval())
+        channels_last(self.net.to(device))
 
     def predict(self, source: Any) -> Classification:
         """Classify exactly one image; a series of several images is an :class:`InputError`."""

@@ -10,8 +10,8 @@ the numbers, so it is rebuilt here rather than borrowed:
 * every convolution has a bias, and BatchNorm uses epsilon 1.001e-5;
 * the stem zero-pads by 3 before a 7x7/2 'valid' convolution and zero-pads
   by 1 before a 3x3/2 'valid' max pool (zero padding, not -inf; the inputs
-  are post-ReLU so the two agree, but the explicit form keeps the port
-  literal);
+  are post-ReLU so the two agree, and the port uses the pool's own -inf
+  padding to save a copy);
 * the first block of every stage has a projection shortcut (also in stage
   2, where the stride is 1) and puts the stride on the first 1x1
   convolution (v1, not v1.5).
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ai_models.errors import WeightError
+from ai_models.nets.folding import has_folded_batchnorms
 from ai_models.weights.keras_h5 import load_by_name, read_keras_h5
 
 KERAS_BN_EPSILON = 1.001e-5
@@ -79,10 +80,16 @@ class Bottleneck(nn.Module):
             shortcut = self.shortcut_bn(self.shortcut_conv(x))
         else:
             shortcut = x
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
+        # In-place ReLU and add: every tensor changed here was just made by a
+        # convolution or BatchNorm, and one pass fewer over each activation counts on CPU.
+        y = F.relu_(self.bn1(self.conv1(x)))
+        y = F.relu_(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return F.relu(y + shortcut)
+        return F.relu_(y.add_(shortcut))
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """Convolution / BatchNorm attribute pairs for :func:`~ai_models.nets.folding.fold_batchnorms`."""
+        return [("shortcut_conv", "shortcut_bn"), ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
 
     def keras_layers(self) -> dict[str, nn.Module]:
         layers: dict[str, nn.Module] = {}
@@ -119,10 +126,17 @@ class ResNet50Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (3, 3, 3, 3))
-        x = F.relu(self.conv1_bn(self.conv1_conv(x)))
-        x = F.max_pool2d(F.pad(x, (1, 1, 1, 1)), kernel_size=3, stride=2)
+        x = F.relu_(self.conv1_bn(self.conv1_conv(x)))
+        # Keras zero-pads before this pool; max_pool2d pads with -inf.  After the ReLU every
+        # value is >= 0 and every window holds at least one real value, so both give the same
+        # maximum, without materialising a padded copy of the stem's output.
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         x = self.blocks(x)
         return x.mean(dim=(2, 3))
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """The stem's convolution / BatchNorm pair (the blocks declare their own)."""
+        return [("conv1_conv", "conv1_bn")]
 
     def keras_layers(self) -> dict[str, nn.Module]:
         """Keras layer name -> the torch module holding that layer's weights (106 entries)."""
@@ -157,6 +171,8 @@ class MI2RLResNet50Classifier(nn.Module):
 
     def keras_layers(self) -> dict[str, nn.Module]:
         """All 108 weight-bearing Keras layers by name (MI2RLNET_MODELS.md Appendix A.5)."""
+        if has_folded_batchnorms(self):
+            raise RuntimeError("the BatchNorms of this network were folded; load Keras weights into a fresh one")
         return {**self.backbone.keras_layers(), "predictions": self.predictions, "final_layer": self.final_layer}
 
     def load_keras_h5(self, path: str | Path) -> None:

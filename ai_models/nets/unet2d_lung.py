@@ -33,9 +33,9 @@ class _UpStage(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        x = F.relu(self.conv_a(x))
-        x = F.relu(self.conv_b(x))
-        return F.relu(self.fuse(torch.cat([skip, x], dim=1)))
+        x = F.relu_(self.conv_a(x))
+        x = F.relu_(self.conv_b(x))
+        return F.relu_(self.fuse(torch.cat([skip, x], dim=1)))
 
 
 class LungUNet(nn.Module):
@@ -61,10 +61,12 @@ class LungUNet(nn.Module):
         skips = []
         for level in (self.enc1, self.enc2, self.enc3, self.enc4):
             for conv in level:
-                x = F.relu(conv(x))
+                # In place: the convolution's fresh output is the only reference, and at 1024x1024
+                # a separate ReLU output would be another 128-256 MB to allocate and fault in.
+                x = F.relu_(conv(x))
             skips.append(x)
             x = F.max_pool2d(x, 2)
-        x = F.relu(self.bottom(x))
+        x = F.relu_(self.bottom(x))
         for stage, skip in zip((self.up4, self.up3, self.up2, self.up1), reversed(skips)):
             x = stage(x, skip)
         return torch.sigmoid(self.head(x))

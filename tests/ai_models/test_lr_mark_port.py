@@ -25,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from ai_models import Detection, WeightError, load_model  # noqa: E402
 from ai_models.chest.anchors import Letterbox, generate_anchors, nms  # noqa: E402
 from ai_models.chest.lr_mark import display_image, preprocess  # noqa: E402
+from ai_models.nets.folding import has_folded_batchnorms  # noqa: E402
 
 pytestmark = pytest.mark.tf
 L = tf_keras.layers
@@ -167,6 +168,7 @@ def test_raw_outputs_match_keras_reference(reference):
     torch.set_num_threads(1)
     model, path = reference
     detector = load_model("lr-mark", weights=path, device="cpu")
+    assert has_folded_batchnorms(detector.net)  # the folded network users run is what is compared
     rng = np.random.default_rng(0)
     for size in (128, 256):
         image = rng.normal(0, 1, (1, size, size, 3)).astype(np.float32)
