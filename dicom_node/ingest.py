@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import Instance, Series, Study
@@ -122,8 +122,24 @@ def record_instance(
     return RecordOutcome(instance.id, series.id, duplicate, late, study.id)
 
 
+_INSTANCES_T = Instance.__table__
+_SERIES_T = Series.__table__
+_STUDIES_T = Study.__table__
+# Built once: SQLAlchemy caches their compiled form, so each call only binds values.
+_FIND_INSTANCE = select(_INSTANCES_T.c.id).where(_INSTANCES_T.c.sop_instance_uid == bindparam("b_uid"))
+_TOUCH_SERIES = (
+    update(_SERIES_T)
+    .where(_SERIES_T.c.id == bindparam("b_series"), _SERIES_T.c.state == "receiving")
+    .values(last_received_at=bindparam("b_now"), instance_count=_SERIES_T.c.instance_count + 1)
+)
+_TOUCH_STUDY = update(_STUDIES_T).where(_STUDIES_T.c.id == bindparam("b_study")).values(
+    last_received_at=bindparam("b_now"), state="receiving"
+)
+_INSERT_INSTANCE = insert(_INSTANCES_T)
+
+
 def record_new_instance_fast(
-    session: Session,
+    conn: Connection,
     header: InstanceHeader,
     *,
     series_id: int,
@@ -133,29 +149,28 @@ def record_new_instance_fast(
     association_id: int | None,
     now: datetime,
 ) -> RecordOutcome | None:
-    """The common case in four plain statements: a new instance of a series still receiving.
+    """The common case in four Core statements: a new instance of a series still receiving.
 
     The receiver knows ``series_id`` / ``study_id`` from an earlier instance
     of the same association.  Returns None (and changes nothing) whenever the
     common case does not hold: a duplicate UID, or a series that completed
-    meanwhile; the caller then uses :func:`record_instance`.  This keeps the
-    database step at a fraction of the ORM path's cost per object, which is
-    what bounds reception speed (see docs/benchmarks/receiver.md).
+    meanwhile; the caller then uses :func:`record_instance` in a new
+    transaction.  Core statements on a plain connection skip the ORM's
+    unit of work and its session synchronisation, which cost more CPU per
+    object than everything else the node does in a C-STORE (see
+    docs/benchmarks/receiver.md).
     """
-    if session.execute(select(Instance.id).where(Instance.sop_instance_uid == header.sop_uid)).first() is not None:
+    if conn.execute(_FIND_INSTANCE, {"b_uid": header.sop_uid}).first() is not None:
         return None
-    touched = session.execute(
-        update(Series).where(Series.id == series_id, Series.state == "receiving")
-        .values(last_received_at=now, instance_count=Series.instance_count + 1)
-    ).rowcount
-    if touched != 1:
+    if conn.execute(_TOUCH_SERIES, {"b_series": series_id, "b_now": now}).rowcount != 1:
         return None
-    session.execute(update(Study).where(Study.id == study_id).values(last_received_at=now, state="receiving"))
-    instance_id = session.execute(
-        insert(Instance).values(
-            series_id=series_id, sop_instance_uid=header.sop_uid, sop_class_uid=header.sop_class_uid,
-            transfer_syntax_uid=header.transfer_syntax_uid, path=path, size=size, received_at=now,
-            association_id=association_id, version=1, late=False,
-        )
+    conn.execute(_TOUCH_STUDY, {"b_study": study_id, "b_now": now})
+    instance_id = conn.execute(
+        _INSERT_INSTANCE,
+        {
+            "series_id": series_id, "sop_instance_uid": header.sop_uid, "sop_class_uid": header.sop_class_uid,
+            "transfer_syntax_uid": header.transfer_syntax_uid, "path": path, "size": size, "received_at": now,
+            "association_id": association_id, "version": 1, "late": False,
+        },
     ).inserted_primary_key[0]
     return RecordOutcome(instance_id, series_id, False, False, study_id)

@@ -20,12 +20,13 @@ from pydicom.uid import (
     JPEGLSLossless, JPEGLSNearLossless, RLELossless, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K,
 )
 from pynetdicom import AE, evt
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import AllStoragePresentationContexts
 
+from dicom_node import reactor_wakeups
 from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database
+from dicom_node.file_meta import received_file_meta
 from dicom_node.ingest import InstanceHeader, record_instance, record_new_instance_fast
 from dicom_node.spool import Spool, SpoolError, disk_state
 
@@ -211,11 +212,16 @@ class Receiver:
         if header.sop_uid != sop_uid:
             log.error("C-STORE refused: dataset SOP Instance UID %s differs from the request's %s", header.sop_uid, sop_uid)
             return STATUS_CANNOT_UNDERSTAND
-        meta = event.file_meta
-        meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title.strip() or "UNKNOWN"
+        try:
+            meta = received_file_meta(
+                sop_class, sop_uid, header.transfer_syntax_uid, event.assoc.requestor.ae_title.strip() or "UNKNOWN"
+            )
+        except ValueError as exc:
+            log.error("C-STORE %s refused: %s", sop_uid, exc)
+            return STATUS_CANNOT_UNDERSTAND
         path = self.spool.path_for(header.study_uid, header.series_uid, header.sop_uid)
         try:
-            stored = self.spool.write(path, encode_file_meta(meta), request.DataSet.getbuffer())
+            stored = self.spool.write(path, meta, request.DataSet.getbuffer())
         except SpoolError as exc:
             log.error("C-STORE %s failed: %s", sop_uid, exc)
             return STATUS_OUT_OF_RESOURCES_DISK
@@ -223,16 +229,17 @@ class Receiver:
         known: dict[str, tuple[int, int]] = getattr(event.assoc, "node_series", {})
         assoc_id = getattr(event.assoc, "node_association_id", None)
         try:
-            with self.db.write() as session:
-                now = _utcnow()
-                outcome = None
-                if header.series_uid in known and not stored.replaced:
-                    series_id, study_id = known[header.series_uid]
+            now = _utcnow()
+            outcome = None
+            if header.series_uid in known and not stored.replaced:
+                series_id, study_id = known[header.series_uid]
+                with self.db.write_connection() as conn:
                     outcome = record_new_instance_fast(
-                        session, header, series_id=series_id, study_id=study_id, path=str(path), size=stored.size,
+                        conn, header, series_id=series_id, study_id=study_id, path=str(path), size=stored.size,
                         association_id=assoc_id, now=now,
                     )
-                if outcome is None:
+            if outcome is None:  # the fast path changed nothing; the general path decides
+                with self.db.write() as session:
                     outcome = record_instance(
                         session, header, path=str(path), size=stored.size, association_id=assoc_id,
                         called_ae=called, calling_ae=event.assoc.requestor.ae_title.strip(),
@@ -263,6 +270,7 @@ class Receiver:
         ]
 
     def start(self, block: bool = True) -> Any:
+        reactor_wakeups.install()
         log.info("listening on %s:%d as %s", self.config.bind, self.config.port, ", ".join(l.ae_title for l in self.config.listeners))
         self._server = self.ae.start_server((self.config.bind, self.config.port), block=block, evt_handlers=self.handlers())
         return self._server

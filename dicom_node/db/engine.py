@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -71,6 +71,20 @@ class Database:
             return
         with self.write_lock, self._factory() as session, session.begin():
             yield session
+
+    @contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """A Core connection in a transaction, serialised like :meth:`write`; commits on success.
+
+        For the receiver's per-object fast path, where the ORM session's
+        bookkeeping would cost more than the statements themselves.
+        """
+        if self.write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self.write_lock, self.engine.begin() as conn:
+            yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()
