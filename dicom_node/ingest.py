@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import Instance, Series, Study
+
+if TYPE_CHECKING:
+    from dicom_node.db import Database
 
 
 @dataclass(frozen=True)
@@ -174,3 +178,73 @@ def record_new_instance_fast(
         },
     ).inserted_primary_key[0]
     return RecordOutcome(instance_id, series_id, False, False, study_id)
+
+
+# SQLAlchemy's storage format for DateTime on SQLite, so rows written here read back identically.
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+class SQLiteFastRecorder:
+    """:func:`record_new_instance_fast` on the sqlite3 connection itself, for the default database.
+
+    Even Core statements cost about 0.3 ms of CPU per object in SQLAlchemy's
+    execution layer; four statements and a commit straight on the DBAPI
+    connection cost a fraction of that, inside the C-STORE round trip that
+    bounds reception speed.  The SQL is the same as the Core statements';
+    the datetime is written in SQLAlchemy's SQLite storage format so the ORM
+    reads these rows like any other.  One pooled connection is held for the
+    receiver's lifetime and used under the database's write lock.
+    """
+
+    def __init__(self, db: "Database") -> None:
+        if not db.is_sqlite or db.write_lock is None:
+            raise ValueError("SQLiteFastRecorder needs an SQLite database")
+        self._lock = db.write_lock
+        self._pooled = db.engine.raw_connection()
+        self._conn = self._pooled.driver_connection
+
+    def record(
+        self,
+        header: InstanceHeader,
+        *,
+        series_id: int,
+        study_id: int,
+        path: str,
+        size: int,
+        association_id: int | None,
+        now: datetime,
+    ) -> RecordOutcome | None:
+        """Same contract as :func:`record_new_instance_fast`: None means nothing was changed."""
+        stamp = now.strftime(_SQLITE_DATETIME)
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("SELECT id FROM instances WHERE sop_instance_uid = ?", (header.sop_uid,))
+                if cur.fetchone() is not None:
+                    return None
+                cur.execute(
+                    "UPDATE series SET last_received_at = ?, instance_count = instance_count + 1 "
+                    "WHERE id = ? AND state = 'receiving'",
+                    (stamp, series_id),
+                )
+                if cur.rowcount != 1:
+                    self._conn.rollback()
+                    return None
+                cur.execute("UPDATE studies SET last_received_at = ?, state = 'receiving' WHERE id = ?", (stamp, study_id))
+                cur.execute(
+                    "INSERT INTO instances (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, "
+                    "size, received_at, association_id, version, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0)",
+                    (series_id, header.sop_uid, header.sop_class_uid, header.transfer_syntax_uid, path, size, stamp,
+                     association_id),
+                )
+                instance_id = cur.lastrowid
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
+            finally:
+                cur.close()
+        return RecordOutcome(int(instance_id), series_id, False, False, study_id)
+
+    def close(self) -> None:
+        self._pooled.close()
