@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
@@ -178,6 +178,26 @@ def record_new_instance_fast(
         },
     ).inserted_primary_key[0]
     return RecordOutcome(instance_id, series_id, False, False, study_id)
+
+
+class CoreFastRecorder:
+    """:func:`record_new_instance_fast` in its own serialised transaction, for any database."""
+
+    def __init__(self, db: "Database") -> None:
+        self._db = db
+
+    def record(self, header: InstanceHeader, **where: Any) -> RecordOutcome | None:
+        """Same contract as :func:`record_new_instance_fast`: None means nothing was changed."""
+        with self._db.write_connection() as conn:
+            return record_new_instance_fast(conn, header, **where)
+
+    def close(self) -> None:
+        """Nothing held between calls."""
+
+
+def fast_recorder(db: "Database") -> "CoreFastRecorder | SQLiteFastRecorder":
+    """The receiver's per-object recorder: straight on sqlite3 for SQLite (the default), Core otherwise."""
+    return SQLiteFastRecorder(db) if db.is_sqlite else CoreFastRecorder(db)
 
 
 # SQLAlchemy's storage format for DateTime on SQLite, so rows written here read back identically.

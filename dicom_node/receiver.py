@@ -27,7 +27,7 @@ from dicom_node import reactor_wakeups
 from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database
 from dicom_node.file_meta import received_file_meta
-from dicom_node.ingest import InstanceHeader, SQLiteFastRecorder, record_instance, record_new_instance_fast
+from dicom_node.ingest import InstanceHeader, fast_recorder, record_instance
 from dicom_node.spool import Spool, SpoolError, disk_state
 
 log = logging.getLogger("dicom_node.receiver")
@@ -94,8 +94,7 @@ class Receiver:
         self.ae = self._build_ae()
         self._server: Any = None
         self._lock = threading.Lock()
-        # SQLite (the default) takes the per-object rows on its own connection; other databases use Core.
-        self._sqlite_recorder = SQLiteFastRecorder(db) if db.is_sqlite else None
+        self._fast_recorder = fast_recorder(db)
 
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.config.ae_title)
@@ -235,17 +234,10 @@ class Receiver:
             outcome = None
             if header.series_uid in known and not stored.replaced:
                 series_id, study_id = known[header.series_uid]
-                if self._sqlite_recorder is not None:
-                    outcome = self._sqlite_recorder.record(
-                        header, series_id=series_id, study_id=study_id, path=str(path), size=stored.size,
-                        association_id=assoc_id, now=now,
-                    )
-                else:
-                    with self.db.write_connection() as conn:
-                        outcome = record_new_instance_fast(
-                            conn, header, series_id=series_id, study_id=study_id, path=str(path), size=stored.size,
-                            association_id=assoc_id, now=now,
-                        )
+                outcome = self._fast_recorder.record(
+                    header, series_id=series_id, study_id=study_id, path=str(path), size=stored.size,
+                    association_id=assoc_id, now=now,
+                )
             if outcome is None:  # the fast path changed nothing; the general path decides
                 with self.db.write() as session:
                     outcome = record_instance(
@@ -286,5 +278,4 @@ class Receiver:
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
-        if self._sqlite_recorder is not None:
-            self._sqlite_recorder.close()
+        self._fast_recorder.close()

@@ -16,10 +16,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
@@ -37,14 +33,6 @@ def safe_component(uid: str) -> str:
     if _SAFE_UID.match(uid) and len(uid) <= 64:
         return uid
     return "x" + uuid.uuid5(uuid.NAMESPACE_OID, uid).hex
-
-
-def encode_file_meta(meta: FileMetaDataset) -> bytes:
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True)

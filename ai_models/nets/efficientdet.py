@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ai_models.nets.folding import has_folded_batchnorms
+from ai_models.nets.folding import refuse_if_folded
 
 BN_EPS = 1e-3  # Keras BatchNormalization default, used everywhere in this model
 BIFPN_WIDTH = 64
@@ -346,8 +346,7 @@ class EfficientDetD0Lite(nn.Module):
 
     def keras_layers(self) -> dict[str, nn.Module | list[nn.Module]]:
         """Keras layer name -> module(s) holding its weights; 182 entries (section 4.1)."""
-        if has_folded_batchnorms(self):
-            raise RuntimeError("the BatchNorms of this network were folded; load Keras weights into a fresh one")
+        refuse_if_folded(self)
         layers: dict[str, nn.Module | list[nn.Module]] = dict(self.backbone.keras_layers())
         for layer in self.bifpn:
             layers.update(layer.keras_layers())

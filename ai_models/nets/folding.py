@@ -76,3 +76,9 @@ def fold_batchnorms(net: nn.Module) -> int:
 def has_folded_batchnorms(net: nn.Module) -> bool:
     """True once :func:`fold_batchnorms` has run on any part of ``net``."""
     return any(isinstance(m, FoldedBatchNorm) for m in net.modules())
+
+
+def refuse_if_folded(net: nn.Module) -> None:
+    """Raise before Keras weights are mapped onto a network whose BatchNorms are gone."""
+    if has_folded_batchnorms(net):
+        raise RuntimeError("the BatchNorms of this network were folded; load Keras weights into a fresh one")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ai_models.errors import WeightError
-from ai_models.nets.folding import has_folded_batchnorms
+from ai_models.nets.folding import refuse_if_folded
 from ai_models.weights.keras_h5 import load_by_name, read_keras_h5
 
 KERAS_BN_EPSILON = 1.001e-5
@@ -171,8 +171,7 @@ class MI2RLResNet50Classifier(nn.Module):
 
     def keras_layers(self) -> dict[str, nn.Module]:
         """All 108 weight-bearing Keras layers by name (MI2RLNET_MODELS.md Appendix A.5)."""
-        if has_folded_batchnorms(self):
-            raise RuntimeError("the BatchNorms of this network were folded; load Keras weights into a fresh one")
+        refuse_if_folded(self)
         return {**self.backbone.keras_layers(), "predictions": self.predictions, "final_layer": self.final_layer}
 
     def load_keras_h5(self, path: str | Path) -> None:

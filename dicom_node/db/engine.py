@@ -63,13 +63,18 @@ class Database:
         return self._factory()
 
     @contextmanager
+    def _serialised(self) -> Iterator[None]:
+        """Hold the write lock on SQLite (one writer at a time); nothing on other databases."""
+        if self.write_lock is None:
+            yield
+            return
+        with self.write_lock:
+            yield
+
+    @contextmanager
     def write(self) -> Iterator[Session]:
         """A session whose commit is serialised on SQLite; commits on success."""
-        if self.write_lock is None:
-            with self._factory() as session, session.begin():
-                yield session
-            return
-        with self.write_lock, self._factory() as session, session.begin():
+        with self._serialised(), self._factory() as session, session.begin():
             yield session
 
     @contextmanager
@@ -79,11 +84,7 @@ class Database:
         For the receiver's per-object fast path, where the ORM session's
         bookkeeping would cost more than the statements themselves.
         """
-        if self.write_lock is None:
-            with self.engine.begin() as conn:
-                yield conn
-            return
-        with self.write_lock, self.engine.begin() as conn:
+        with self._serialised(), self.engine.begin() as conn:
             yield conn
 
     def dispose(self) -> None:

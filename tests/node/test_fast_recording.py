@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from dicom_node.db import Database
 from dicom_node.db.models import Instance, Series, Study
-from dicom_node.ingest import InstanceHeader, SQLiteFastRecorder, record_instance, record_new_instance_fast
+from dicom_node.ingest import CoreFastRecorder, InstanceHeader, SQLiteFastRecorder, fast_recorder, record_instance
 
 T0 = datetime(2026, 11, 25, 16, 0, 0, 123456)
 
@@ -32,21 +32,13 @@ def recorder(request, tmp_path):
     with db.write() as session:
         first = record_instance(session, _header(1), path="/spool/1.dcm", size=100, association_id=None,
                                 called_ae="NODE", calling_ae="MOD", late_policy="ignore", now=T0)
-    if request.param == "core":
-        def record(header, now):
-            with db.write_connection() as conn:
-                return record_new_instance_fast(conn, header, series_id=first.series_id, study_id=first.study_id,
-                                                path=f"/spool/{header.sop_uid}.dcm", size=200, association_id=None,
-                                                now=now)
-        yield db, record, first
-    else:
-        fast = SQLiteFastRecorder(db)
+    fast = CoreFastRecorder(db) if request.param == "core" else SQLiteFastRecorder(db)
 
-        def record(header, now):
-            return fast.record(header, series_id=first.series_id, study_id=first.study_id,
-                               path=f"/spool/{header.sop_uid}.dcm", size=200, association_id=None, now=now)
-        yield db, record, first
-        fast.close()
+    def record(header, now):
+        return fast.record(header, series_id=first.series_id, study_id=first.study_id,
+                           path=f"/spool/{header.sop_uid}.dcm", size=200, association_id=None, now=now)
+    yield db, record, first
+    fast.close()
     db.dispose()
 
 
@@ -83,6 +75,14 @@ def test_series_no_longer_receiving_changes_nothing(recorder):
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 1
         assert session.get(Study, first.study_id).last_received_at == T0
+
+
+def test_the_receiver_gets_the_sqlite_recorder_on_sqlite(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
+    recorder = fast_recorder(db)
+    assert isinstance(recorder, SQLiteFastRecorder)
+    recorder.close()
+    db.dispose()
 
 
 def test_sqlite_recorder_refuses_other_databases():
