@@ -562,9 +562,7 @@ class _Builder:
     def value(self, node: ast.expr, depth: int) -> _Value:
         """A node that gives values to compare."""
         self._check_depth(node, depth)
-        if isinstance(node, (ast.Constant, ast.UnaryOp)) and not (
-            isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)
-        ):
+        if isinstance(node, ast.Constant) or (isinstance(node, ast.UnaryOp) and not isinstance(node.op, ast.Not)):
             return _Const(self.constant(node))
         if isinstance(node, ast.Name):
             if node.id in _WORDS:
@@ -753,7 +751,7 @@ class _Builder:
                 operands.append(self.options(right_node, left))
             else:
                 operands.append(self.value(right_node, depth + 1))
-        for i, symbol in enumerate(symbols):  # a text next to a date field: checked and normalised
+        for i in range(len(symbols)):  # a text next to a date field: checked and normalised
             left, right = operands[i], operands[i + 1]
             if isinstance(left, tuple) or isinstance(right, tuple):
                 continue

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from dicom_node import rules_db
 from dicom_node.web import auth, dryrun, ops
-from dicom_node.web.deps import client_of, context, editor_write, render, viewer
+from dicom_node.web.deps import WebContext, client_of, context, editor_write, render, viewer
 from routing_rules import RuleError, dump_rules
 
 router = APIRouter()
@@ -200,6 +200,12 @@ def _require_database(request: Request, principal: auth.Principal) -> Response |
                   message=f"This node reads its rules from {ctx.config.rules_folder}; change them there.")
 
 
+def _back_to_list(ctx: WebContext, principal: auth.Principal, message: str) -> Response:
+    """Flash the outcome of a change and go back to the rule list (post/redirect/get)."""
+    auth.set_flash(ctx.db, principal, message)
+    return RedirectResponse("/rules", status_code=303)
+
+
 @router.post("/rules/_import", include_in_schema=False)
 async def import_rules(request: Request, principal: auth.Principal = Depends(editor_write)) -> Response:
     import tempfile
@@ -220,8 +226,7 @@ async def import_rules(request: Request, principal: auth.Principal = Depends(edi
             client=client_of(request),
         )
     lines = [f"Import: {report.summary()}."] + [f"Error: {e.message} (line {e.line})" for e in report.errors] + report.warnings
-    auth.set_flash(ctx.db, principal, " ".join(lines))
-    return RedirectResponse("/rules", status_code=303)
+    return _back_to_list(ctx, principal, " ".join(lines))
 
 
 @router.post("/rules/{name}", include_in_schema=False)
@@ -238,8 +243,7 @@ async def toggle_rule(request: Request, name: str, principal: auth.Principal = D
     ctx = context(request)
     enable = request.url.path.endswith("/enable")
     row = await run_in_threadpool(rules_db.set_enabled, ctx.db, name, enable, author=principal.username, client=client_of(request))
-    auth.set_flash(ctx.db, principal, f"Rule {name} {'enabled' if enable else 'disabled'}." if row else f"No rule {name}.")
-    return RedirectResponse("/rules", status_code=303)
+    return _back_to_list(ctx, principal, f"Rule {name} {'enabled' if enable else 'disabled'}." if row else f"No rule {name}.")
 
 
 @router.post("/rules/{name}/move", include_in_schema=False)
@@ -252,10 +256,9 @@ async def move_rule(request: Request, name: str, principal: auth.Principal = Dep
     offset = -1 if form.get("direction") == "up" else 1
     try:
         changed = await run_in_threadpool(rules_db.move, ctx.db, name, offset, author=principal.username, client=client_of(request))
-        auth.set_flash(ctx.db, principal, f"New order saved ({len(changed)} rule(s) renumbered)." if changed else "Order unchanged.")
     except ValueError as exc:
-        auth.set_flash(ctx.db, principal, f"Cannot reorder: {exc}")
-    return RedirectResponse("/rules", status_code=303)
+        return _back_to_list(ctx, principal, f"Cannot reorder: {exc}")
+    return _back_to_list(ctx, principal, f"New order saved ({len(changed)} rule(s) renumbered)." if changed else "Order unchanged.")
 
 
 @router.post("/rules/{name}/delete", include_in_schema=False)
@@ -267,8 +270,7 @@ async def delete_rule(request: Request, name: str, principal: auth.Principal = D
     form = await request.form()
     row = await run_in_threadpool(rules_db.delete_rule, ctx.db, name, author=principal.username,
                                   note=str(form.get("note", ""))[:500], client=client_of(request))
-    auth.set_flash(ctx.db, principal, f"Rule {name} deleted (version {row.version} records it)." if row else f"No rule {name}.")
-    return RedirectResponse("/rules", status_code=303)
+    return _back_to_list(ctx, principal, f"Rule {name} deleted (version {row.version} records it)." if row else f"No rule {name}.")
 
 
 @router.get("/rules/{name}/history", include_in_schema=False)
