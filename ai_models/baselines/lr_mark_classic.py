@@ -64,7 +64,8 @@ from ai_models.results import Box, Detection
 LETTERS = {"L": "left", "R": "right"}
 TEMPLATE_SIZE = 32
 
-TEMPLATE_FONTS: tuple[int, ...] = (
+# All Hershey fonts OpenCV can draw (the synthetic phantoms render markers with these too).
+HERSHEY_FONTS: tuple[int, ...] = (
     cv2.FONT_HERSHEY_SIMPLEX,
     cv2.FONT_HERSHEY_PLAIN,
     cv2.FONT_HERSHEY_DUPLEX,
@@ -74,6 +75,8 @@ TEMPLATE_FONTS: tuple[int, ...] = (
     cv2.FONT_HERSHEY_SCRIPT_SIMPLEX,
     cv2.FONT_HERSHEY_SCRIPT_COMPLEX,
 )
+# Fonts the letter templates are rendered in: every Hershey font.
+TEMPLATE_FONTS: tuple[int, ...] = HERSHEY_FONTS
 # Stroke width of the templates as a fraction of the letter height.
 TEMPLATE_STROKES = (0.06, 0.12, 0.2)
 

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 from scipy import ndimage
 
+from ai_models.baselines.lr_mark_classic import HERSHEY_FONTS
 from ai_models.results import Box
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -34,18 +35,6 @@ LUNG_HU = -850.0
 CORTICAL_BONE_HU = 850.0
 CANCELLOUS_BONE_HU = 240.0
 TABLE_HU = 150.0
-
-# All Hershey fonts OpenCV can draw; markers are rendered with these.
-HERSHEY_FONTS: tuple[int, ...] = (
-    cv2.FONT_HERSHEY_SIMPLEX,
-    cv2.FONT_HERSHEY_PLAIN,
-    cv2.FONT_HERSHEY_DUPLEX,
-    cv2.FONT_HERSHEY_COMPLEX,
-    cv2.FONT_HERSHEY_TRIPLEX,
-    cv2.FONT_HERSHEY_COMPLEX_SMALL,
-    cv2.FONT_HERSHEY_SCRIPT_SIMPLEX,
-    cv2.FONT_HERSHEY_SCRIPT_COMPLEX,
-)
 
 
 def _base_dataset(sop_class_uid: str, modality: str, study_uid: str, series_uid: str) -> Dataset:

@@ -97,14 +97,9 @@ def main() -> None:
                            rules={"r.toml": RULES + (LUNG_RULE if args.lung else "")})
         node.write_config()
         if args.lung:
-            import numpy as np
+            from tests.node.test_models_e2e import random_lung_weights
 
-            from tests.ai_models.test_lung import _randomise, keras_lung_unet
-
-            model = keras_lung_unet()
-            _randomise(model, np.random.default_rng(0))
-            (node.workdir / "var" / "weights" / "lung").mkdir(parents=True)
-            model.save_weights(str(node.workdir / "var" / "weights" / "lung" / "weights.h5"))
+            random_lung_weights(node.workdir / "var" / "weights" / "lung")
         node.start()
         try:
             ct = chest_ct_series(args.ct_slices, args.size, contrast=True, seed=1)
