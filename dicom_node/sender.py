@@ -1,35 +1,39 @@
 """Sending objects to destinations: a C-STORE SCU, or a copy into a folder.
 
-One association per batch.  Each file is sent as stored (no decode) when
-the destination accepted its transfer syntax; otherwise it is decoded and
-sent uncompressed if pydicom can decompress it, and fails with a clear
-reason if not.  The caller gets one :class:`ItemResult` per file, as soon as
-it is known, so it can commit progress object by object.
+One association per batch (:mod:`dicom_node.store_scu`).  Each file's
+dataset is sent as stored (no decode) when the destination accepted its
+transfer syntax; otherwise it is decoded and sent uncompressed if pydicom
+can decompress it, and fails with a clear reason if not.  The caller gets
+one :class:`ItemResult` per file, as soon as it is known, so it can commit
+progress object by object.
 """
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import shutil
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
-from pynetdicom import AE, _config, build_context
+from pynetdicom import AE, build_context
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
 from dicom_node.config import Destination, DicomDestination, FolderDestination
 from dicom_node.spool import Spool
+from dicom_node.store_scu import AssociationError, StoreAssociation
 
 log = logging.getLogger("dicom_node.sender")
 
-# Send files by path without decoding them (pynetdicom reads them in chunks).
-_config.STORE_SEND_CHUNKED_DATASET = True
-
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+# Explicit VR element forms with a 32-bit length (PS3.5 section 7.1.2)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
 class SendError(Exception):
@@ -51,15 +55,58 @@ class ItemResult:
 
 @dataclass(frozen=True)
 class FileInfo:
+    """What sending a Part-10 file needs from its File Meta Information, and where its dataset starts."""
+
     path: str
     sop_class: UID
     sop_instance: UID
     transfer_syntax: UID
+    dataset_offset: int
 
 
 def file_info(path: str) -> FileInfo:
-    meta = pydicom.filereader.read_file_meta_info(path)
-    return FileInfo(path, UID(meta.MediaStorageSOPClassUID), UID(meta.MediaStorageSOPInstanceUID), UID(meta.TransferSyntaxUID))
+    """Read the File Meta Information group (PS3.10 section 7.1) with ``struct``.
+
+    The group is always Explicit VR Little Endian; walking it element by
+    element (rather than trusting the group length) finds the first byte
+    of the dataset even in files whose group length is wrong.  Raises
+    ``ValueError`` for a file without the ``DICM`` prefix or without the
+    three UIDs a C-STORE needs.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(132 + 4096)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            raise ValueError("not a DICOM Part-10 file (no 'DICM' after the preamble)")
+        values: dict[int, bytes] = {}
+        offset = 132
+        while True:
+            if offset + 8 > len(head):
+                more = handle.read(65536)
+                if not more:
+                    break
+                head += more
+                continue
+            group, element, vr = struct.unpack_from("<HH2s", head, offset)
+            if group != 0x0002:
+                break
+            if vr in _LONG_VRS:
+                (length,) = struct.unpack_from("<I", head, offset + 8)
+                value_at = offset + 12
+            else:
+                (length,) = struct.unpack_from("<H", head, offset + 6)
+                value_at = offset + 8
+            while value_at + length > len(head):
+                more = handle.read(65536)
+                if not more:
+                    raise ValueError("file meta information is truncated")
+                head += more
+            values[element] = head[value_at:value_at + length]
+            offset = value_at + length
+    try:
+        uids = [UID(values[e].rstrip(b"\x00 ").decode("ascii")) for e in (0x0002, 0x0003, 0x0010)]
+    except KeyError as missing:
+        raise ValueError(f"file meta information lacks (0002,{missing.args[0]:04X})") from None
+    return FileInfo(path, uids[0], uids[1], uids[2], offset)
 
 
 def _contexts(infos: Iterable[FileInfo]) -> list:
@@ -85,7 +132,7 @@ def echo(destination: DicomDestination, calling_ae: str) -> tuple[bool, str]:
     ae.add_requested_context(Verification)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
-        return False, _association_failure(assoc, destination)
+        return False, _echo_failure(assoc, destination)
     try:
         status = assoc.send_c_echo()
     finally:
@@ -95,8 +142,12 @@ def echo(destination: DicomDestination, calling_ae: str) -> tuple[bool, str]:
     return False, f"C-ECHO {destination.ae_title}: no or failed response ({status.Status if status else 'none'})"
 
 
-def _association_failure(assoc, destination: DicomDestination) -> str:  # type: ignore[no-untyped-def]
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+def _where(destination: DicomDestination) -> str:
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+def _echo_failure(assoc, destination: DicomDestination) -> str:  # type: ignore[no-untyped-def]
+    where = _where(destination)
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
         detail = f" (result {rj.result}, source {rj.result_source}, reason {rj.diagnostic})" if rj is not None else ""
@@ -110,72 +161,72 @@ def _association_failure(assoc, destination: DicomDestination) -> str:  # type: 
     return f"no association with {where}"
 
 
-def _pause_reactor(assoc) -> None:  # type: ignore[no-untyped-def]
-    """Make sure pynetdicom's reactor thread is really parked before a C-STORE.
-
-    pynetdicom 3.0 pauses its reactor inside ``send_c_store`` by clearing an
-    event and waiting for ``_is_paused``; the reactor sets that flag just
-    before it waits, so the sender can see it while the reactor is passing
-    through, and the reactor then takes the C-STORE-RSP off the queue and
-    drops it ("unexpected C-STORE service message"): the sender waits out its
-    DIMSE timeout (about one store in a thousand).  Parking it here first,
-    and confirming it stays parked for longer than the flag is ever set in
-    passing, closes that window; ``send_c_store`` then finds it parked.
-    """
-    checkpoint = assoc._reactor_checkpoint
-    checkpoint.clear()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if assoc._is_paused:
-            time.sleep(0.0003)  # the flag is set in passing for microseconds only
-            if assoc._is_paused:
-                return
-        time.sleep(0.0001)
+def _uncompressed_payload(info: FileInfo, accepted: dict[tuple[str, str], int]) -> tuple[int, bytes]:
+    """Decode (and decompress) a file the destination cannot take as stored, for an uncompressed context."""
+    ts = next(ts for ts in UNCOMPRESSED if (info.sop_class, ts) in accepted)
+    ds = pydicom.dcmread(info.path)  # inflates deflated files
+    if info.transfer_syntax.is_compressed:
+        ds.decompress(generate_instance_uid=False)  # a lossless re-encoding keeps its identity
+    data = encode(ds, ts.is_implicit_VR, ts.is_little_endian)
+    if data is None:
+        raise ValueError(f"the dataset cannot be encoded in {ts.name}")
+    return accepted[(info.sop_class, ts)], data
 
 
 def send_dicom(
     destination: DicomDestination, paths: list[str], calling_ae: str, on_result: Callable[[ItemResult], None]
 ) -> None:
     """Send ``paths`` over one association, calling ``on_result`` after each response."""
-    infos = [file_info(p) for p in paths]
-    ae = AE(ae_title=destination.calling_ae_title or calling_ae)
-    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = destination.timeout_seconds
-    ae.maximum_pdu_size = destination.max_pdu
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, contexts=_contexts(infos))
-    if not assoc.is_established:
-        raise SendError(_association_failure(assoc, destination))
+    infos: list[FileInfo] = []
+    for path in paths:
+        try:
+            infos.append(file_info(path))
+        except (OSError, ValueError) as exc:
+            on_result(ItemResult(path, False, None, f"cannot send {os.path.basename(path)}: {exc}", 0.0))
+    if not infos:
+        return
+    where = _where(destination)
     try:
-        accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+        assoc = StoreAssociation.open(
+            destination.host, destination.port, calling_ae=destination.calling_ae_title or calling_ae,
+            called_ae=destination.ae_title, contexts=_contexts(infos), timeout=destination.timeout_seconds,
+        )
+    except AssociationError as exc:
+        raise SendError(str(exc)) from None
+    except OSError as exc:
+        raise SendError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+    try:
         for info in infos:
-            if not assoc.is_established:
-                raise SendError(f"association to {destination.name} ended mid-batch")
             start = time.perf_counter()
-            payload: object
-            if (info.sop_class, info.transfer_syntax) in accepted:
-                payload = info.path
-            elif any((info.sop_class, ts) in accepted for ts in UNCOMPRESSED):
-                try:
-                    ds = pydicom.dcmread(info.path)  # inflates deflated files
-                    if info.transfer_syntax.is_compressed:
-                        ds.decompress(generate_instance_uid=False)  # a lossless re-encoding keeps its identity
-                    payload = ds  # pynetdicom re-encodes in the accepted uncompressed syntax
-                except Exception as exc:  # noqa: BLE001 - codec errors come in many types
-                    on_result(ItemResult(info.path, False, None, f"destination does not accept {info.transfer_syntax.name} and decompression failed: {exc}", 0.0))
+            context_id = assoc.accepted.get((info.sop_class, info.transfer_syntax))
+            try:
+                if context_id is not None:
+                    # Mapped, not read: the bytes go from the page cache to the socket.  The map is
+                    # left to the garbage collector, since an exception's traceback may still hold views of it.
+                    with open(info.path, "rb") as handle:
+                        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                    status = assoc.store(context_id, info.sop_class, info.sop_instance, memoryview(mapped)[info.dataset_offset:])
+                elif any((info.sop_class, ts) in assoc.accepted for ts in UNCOMPRESSED):
+                    try:
+                        context_id, data = _uncompressed_payload(info, assoc.accepted)
+                    except Exception as exc:  # noqa: BLE001 - codec errors come in many types
+                        on_result(ItemResult(info.path, False, None, f"destination does not accept {info.transfer_syntax.name} and decompression failed: {exc}", 0.0))
+                        continue
+                    status = assoc.store(context_id, info.sop_class, info.sop_instance, data)
+                else:
+                    on_result(ItemResult(info.path, False, None, f"destination accepted no context for SOP class {info.sop_class.name}", 0.0))
                     continue
-            else:
-                on_result(ItemResult(info.path, False, None, f"destination accepted no context for SOP class {info.sop_class.name}", 0.0))
-                continue
-            _pause_reactor(assoc)
-            status = assoc.send_c_store(payload)
+            except socket.timeout:
+                raise SendError(f"no C-STORE response from {destination.name} within {destination.timeout_seconds:g} s") from None
+            except (OSError, AssociationError) as exc:
+                raise SendError(f"association with {where} ended mid-batch: {exc}") from None
             elapsed = (time.perf_counter() - start) * 1000
-            if status is None or "Status" not in status:
-                raise SendError(f"no C-STORE response from {destination.name} (timeout or abort)")
-            code = int(status.Status)
-            ok = code == 0x0000 or 0xB000 <= code <= 0xBFFF
-            on_result(ItemResult(info.path, ok, code, None if ok else f"C-STORE status 0x{code:04X}", elapsed))
-    finally:
-        if assoc.is_established:
-            assoc.release()
+            error = None if status.ok else f"C-STORE status 0x{status.status:04X}" + (f": {status.comment}" if status.comment else "")
+            on_result(ItemResult(info.path, status.ok, status.status, error, elapsed))
+    except BaseException:
+        assoc.abort()
+        raise
+    assoc.release()
 
 
 def send_folder(destination: FolderDestination, paths: list[str], on_result: Callable[[ItemResult], None]) -> None:
