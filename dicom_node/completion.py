@@ -90,18 +90,40 @@ def waiting_series(session: Session, config: NodeConfig, now: datetime) -> list[
     return out
 
 
-def mark_complete_series(session: Session, config: NodeConfig, now: datetime) -> list[int]:
-    """Move due series to ``complete``; returns their ids (caller commits)."""
-    done = []
+@dataclass(frozen=True)
+class CompletionSweep:
+    """What one completion pass found.
+
+    ``completed``: series moved to ``complete``.  ``next_fire``: the earliest
+    time a series still waiting can fire (end of its quiet period, or its
+    maximum wait), so the sweep can run at that moment instead of at its
+    next tick.  ``quiet``: series with no open association, waiting out
+    their quiet period, whose headers can be read ahead.
+    """
+
+    completed: list[int]
+    next_fire: datetime | None
+    quiet: list[int]
+
+
+def mark_complete_series(session: Session, config: NodeConfig, now: datetime) -> CompletionSweep:
+    """Move due series to ``complete`` (caller commits)."""
+    done, quiet = [], []
+    next_fire: datetime | None = None
     for wait in waiting_series(session, config, now):
-        if wait.due:
-            series = session.get(Series, wait.series_id)
-            assert series is not None
-            series.state = "complete"
-            series.completed_at = now
-            series.completion_reason = "max_wait" if wait.reason.startswith("maximum") else "quiet"
-            done.append(series.id)
-    return done
+        if not wait.due:
+            fires = wait.fires_at or wait.max_wait_at
+            next_fire = fires if next_fire is None else min(next_fire, fires)
+            if not wait.open_associations:
+                quiet.append(wait.series_id)
+            continue
+        series = session.get(Series, wait.series_id)
+        assert series is not None
+        series.state = "complete"
+        series.completed_at = now
+        series.completion_reason = "max_wait" if wait.reason.startswith("maximum") else "quiet"
+        done.append(series.id)
+    return CompletionSweep(done, next_fire, quiet)
 
 
 def due_studies(session: Session, config: NodeConfig, now: datetime) -> list[int]:

@@ -13,7 +13,7 @@ import logging
 import threading
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.config import NodeConfig
@@ -21,6 +21,16 @@ from dicom_node.db import Database, Delivery, DeliveryItem
 from dicom_node.sender import ItemResult, SendError, send
 
 log = logging.getLogger("dicom_node.delivery")
+
+
+_ITEM_SENT = (
+    update(DeliveryItem).where(DeliveryItem.id == bindparam("b_id"))
+    .values(state="sent", status=bindparam("b_status"), duration_ms=bindparam("b_ms"), sent_at=bindparam("b_at"), error=None)
+)
+_ITEM_REFUSED = (
+    update(DeliveryItem).where(DeliveryItem.id == bindparam("b_id"))
+    .values(status=bindparam("b_status"), duration_ms=bindparam("b_ms"), error=bindparam("b_error"))
+)
 
 
 def utcnow() -> datetime:
@@ -106,15 +116,14 @@ def run_delivery(db: Database, config: NodeConfig, delivery_id: int) -> str:
         error, permanent = f"destination {destination_name!r} is not configured", True
     elif by_path:
         def on_result(result: ItemResult) -> None:
-            with db.write() as s:
-                item = s.get(DeliveryItem, by_path[result.path])
-                assert item is not None
-                item.status = result.status
-                item.duration_ms = result.duration_ms
+            # A pre-built Core UPDATE per object (about 0.1 ms): the ORM's load-modify-flush, or even
+            # building the statement each time, cost about 1 ms, more than sending a CT slice.
+            params = {"b_id": by_path[result.path], "b_status": result.status, "b_ms": result.duration_ms}
+            with db.write_connection() as conn:
                 if result.ok:
-                    item.state, item.sent_at, item.error = "sent", utcnow(), None
+                    conn.execute(_ITEM_SENT, {**params, "b_at": utcnow()})
                 else:
-                    item.error = result.error
+                    conn.execute(_ITEM_REFUSED, {**params, "b_error": result.error})
         try:
             send(destination, list(by_path), config.ae_title, on_result)
         except SendError as exc:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Protocol
 
-import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,19 +24,14 @@ from dicom_node.completion import due_studies, mark_complete_series
 from dicom_node.config import NodeConfig
 from dicom_node.db import Database, Delivery, DeliveryItem, Dispatch, Instance, Series, Study
 from dicom_node.delivery import enqueue, utcnow
+from dicom_node.header_readahead import HeaderReadahead, read_header
 
 log = logging.getLogger("dicom_node.dispatcher")
 
 
 def read_headers(paths: list[str]) -> list[Dataset]:
     """Headers (no pixel data) of stored files, for rule evaluation on the whole series."""
-    out = []
-    for path in paths:
-        try:
-            out.append(pydicom.dcmread(path, stop_before_pixels=True))
-        except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop routing
-            log.error("cannot read header of %s: %s", path, exc)
-    return out
+    return [header for header in map(read_header, paths) if header is not None]
 
 
 @dataclass(frozen=True)
@@ -96,16 +90,19 @@ class Dispatcher:
         from dicom_node.model_action import queue_model_job
 
         self.handlers: dict[str, ActionHandler] = {"forward": forward_action, "model": queue_model_job}
+        self.readahead = HeaderReadahead()
 
-    def sweep(self) -> None:
-        self._sweep_completion()
+    def sweep(self) -> datetime | None:
+        """Complete, dispatch and apply findings; returns when a waiting series fires next (naive UTC), if any."""
+        next_fire = self._sweep_completion()
         self.apply_findings()
+        return next_fire
 
-    def _sweep_completion(self) -> None:
+    def _sweep_completion(self) -> datetime | None:
         now = utcnow()
         with self.db.write() as session:
-            newly = mark_complete_series(session, self.config, now)
-        for series_id in newly:
+            found = mark_complete_series(session, self.config, now)
+        for series_id in found.completed:
             log.info("series %d complete", series_id)
         with self.db.session() as session:
             pending_series = session.scalars(select(Series.id).where(Series.state == "complete")).all()
@@ -115,6 +112,19 @@ class Dispatcher:
             studies = due_studies(session, self.config, utcnow())
         for study_id in studies:
             self.dispatch_study(study_id)
+        self._read_ahead(found.quiet)
+        return found.next_fire
+
+    def _read_ahead(self, series_ids: list[int]) -> None:
+        """Read headers of series in their quiet period (see :mod:`dicom_node.header_readahead`)."""
+        paths: dict[int, list[str]] = {series_id: [] for series_id in series_ids}
+        if series_ids:
+            with self.db.session() as session:
+                for series_id, path in session.execute(
+                    select(Instance.series_id, Instance.path).where(Instance.series_id.in_(series_ids))
+                ):
+                    paths[series_id].append(path)
+        self.readahead.read_ahead(paths)
 
     def _apply(
         self, session: Session, target: Target, headers: list[Dataset], now: datetime,
@@ -154,7 +164,7 @@ class Dispatcher:
             if series is None or series.state != "complete":
                 return
             paths = [i.path for i in series.instances]
-        headers = read_headers(paths)
+        headers = self.readahead.take(series_id, paths)
         now = utcnow()
         with self.db.write() as session:
             series = session.get(Series, series_id)
@@ -174,7 +184,10 @@ class Dispatcher:
             if study is None or study.state != "receiving":
                 return
             paths = [i.path for s in study.series for i in s.instances]
-        headers = read_headers(paths)
+        # Reading every header of a large study again costs about a millisecond per instance, in the
+        # same process as the deliveries of its series: only pay it when a study-level rule can use them.
+        wanted = any(rule.enabled and rule.level == "study" for rule in self.rules.current().rules)
+        headers = read_headers(paths) if wanted else []
         now = utcnow()
         with self.db.write() as session:
             study = session.get(Study, study_id)
@@ -183,7 +196,7 @@ class Dispatcher:
             run = study.run_count + 1
             instances = [i for s in study.series for i in s.instances]
             target = Target("study", study.study_instance_uid, run, None, study.id, instances)
-            summary = self._apply(session, target, headers, now)
+            summary = self._apply(session, target, headers, now) if wanted else []
             study.state, study.run_count, study.completed_at = "dispatched", run, now
         if summary:
             log.info("study %s run %d: %s", target.uid, run, "; ".join(summary))

@@ -1,0 +1,90 @@
+"""Headers of stored instances for rule evaluation, read ahead while a series waits out its quiet period.
+
+Rules are judged on every instance of a series, so dispatching a series
+reads all its headers: about 0.7 ms per instance with pydicom, 0.2 s for a
+300-slice CT, all of it between the end of the quiet period and the first
+forwarded object.  The quiet period itself is idle time: once the last
+association that carried a series has ended, the sweep reads its headers
+ahead (a little per sweep, so one large series cannot hold up completion of
+the others), and dispatch takes them from here.
+
+A cached header is used only if the file is still the same one (inode,
+modification time, size): a duplicate that replaced an instance in the
+meantime is read again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pydicom
+from pydicom.dataset import Dataset
+
+log = logging.getLogger("dicom_node.dispatcher")
+
+_Identity = tuple[int, int, int]
+
+
+def _identity(path: str) -> _Identity | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def read_header(path: str) -> Dataset | None:
+    """The header (no pixel data) of one stored file; None, logged, when it cannot be read."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop routing
+        log.error("cannot read header of %s: %s", path, exc)
+        return None
+
+
+class HeaderReadahead:
+    """Per waiting series: path -> (file identity, header)."""
+
+    def __init__(self, budget_seconds: float = 0.1) -> None:
+        self.budget_seconds = budget_seconds
+        self._series: dict[int, dict[str, tuple[_Identity, Dataset]]] = {}
+
+    def read_ahead(self, paths_by_series: dict[int, list[str]]) -> int:
+        """Read headers not read yet, within the time budget; forget series no longer waiting.
+
+        Returns how many headers were read.
+        """
+        for series_id in list(self._series):
+            if series_id not in paths_by_series:
+                del self._series[series_id]
+        deadline = time.monotonic() + self.budget_seconds
+        count = 0
+        for series_id, paths in paths_by_series.items():
+            cache = self._series.setdefault(series_id, {})
+            for path in paths:
+                if path in cache:
+                    continue
+                if time.monotonic() > deadline:
+                    return count
+                identity = _identity(path)
+                header = read_header(path) if identity is not None else None
+                if identity is not None and header is not None:
+                    cache[path] = (identity, header)
+                    count += 1
+        return count
+
+    def take(self, series_id: int, paths: list[str]) -> list[Dataset]:
+        """The headers of ``paths`` (read now where not read ahead, or where the file changed); forgets the series."""
+        cache = self._series.pop(series_id, {})
+        headers = []
+        for path in paths:
+            hit = cache.get(path)
+            header = hit[1] if hit is not None and hit[0] == _identity(path) else read_header(path)
+            if header is not None:
+                headers.append(header)
+        return headers
+
+    def cached(self, series_id: int) -> int:
+        """How many headers of a series are held (for tests and status)."""
+        return len(self._series.get(series_id, {}))
