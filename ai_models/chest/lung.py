@@ -112,7 +112,8 @@ class LungSegmenter(Model):
         super().__init__(weights, device, **options)
         self.net = LungUNet()
         load_keras_weights_topological(self.net.keras_layers(), weights["weights"])
-        channels_last(self.net.eval().to(device))
+        self.net.eval().fold_upsampling()
+        channels_last(self.net.to(device))
         self.input_size = int(self.options["input_size"])
         if self.input_size < 16 or self.input_size % 16:
             raise ValueError(f"lung: input_size must be a multiple of 16 (the U-Net halves it 4 times), got {self.input_size}")

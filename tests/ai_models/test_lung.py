@@ -107,6 +107,7 @@ def test_net_matches_keras_reference(reference, which):
     torch.set_num_threads(1)
     model, weights_only, full_model = reference
     segmenter = load_model("lung", weights=weights_only if which == "weights_only" else full_model, device="cpu")
+    assert segmenter.net.up1.upsampling_folded  # the network users run, decoder folded at load
     image = np.random.default_rng(0).normal(0, 1, (1, SIZE, SIZE, 1)).astype(np.float32)
     expected = np.asarray(model(image, training=False))[0, :, :, 0]
     got = segmenter.probabilities(np.ascontiguousarray(image.transpose(0, 3, 1, 2)))

@@ -1,4 +1,4 @@
-"""The CPU speed-ups of the ports change no result: BatchNorm folding, TF padding, allocator tuning.
+"""The CPU speed-ups of the ports change no result: BatchNorm folding, TF padding, sub-pixel upsampling, allocator tuning.
 
 The end-to-end equivalence with the tf-keras references (through
 ``load_model``, which folds) lives in the port tests; these tests pin each
@@ -20,6 +20,8 @@ from torch import nn
 from ai_models.nets.efficientdet import EfficientDetD0Lite, _same_pads, _tf_same_pad
 from ai_models.nets.folding import FoldedBatchNorm, fold_batchnorms, fold_into_conv, has_folded_batchnorms
 from ai_models.nets.resnet50 import MI2RLResNet50Classifier
+from ai_models.nets.subpixel import UpsampleConv3x3
+from ai_models.nets.unet2d_lung import LungUNet
 
 
 def _randomise_batchnorms(net: nn.Module, generator: torch.Generator) -> None:
@@ -81,6 +83,51 @@ def test_folding_refuses_training_mode_and_is_idempotent():
     assert fold_batchnorms(net) == 74
     assert fold_batchnorms(net) == 0
     assert isinstance(net.backbone.stem_bn, FoldedBatchNorm)
+
+
+@pytest.mark.parametrize("in_ch,out_ch,rows,cols,bias,nhwc", [
+    (3, 5, 7, 9, True, False),    # odd sizes: every border case of both phases
+    (8, 4, 16, 16, True, True),
+    (16, 8, 1, 1, False, False),  # a single pixel: all taps but the centre block fall on padding
+    (4, 6, 2, 5, True, True),
+])
+def test_upsample_conv_equals_upsample_then_conv(in_ch, out_ch, rows, cols, bias, nhwc):
+    generator = torch.Generator().manual_seed(rows * cols)
+    conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator, dtype=torch.float64))
+    x = torch.randn(2, in_ch, rows, cols, generator=generator, dtype=torch.float64)
+    if nhwc:
+        x = x.to(memory_format=torch.channels_last)
+    expected = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    got = UpsampleConv3x3.from_conv(conv)(x)
+    assert got.shape == expected.shape == (2, out_ch, 2 * rows, 2 * cols)
+    assert torch.allclose(got, expected, atol=1e-12, rtol=0)
+
+
+def test_upsample_conv_refuses_other_convolutions():
+    for conv in (nn.Conv2d(4, 4, 3, padding=0), nn.Conv2d(4, 4, 3, padding=1, stride=2), nn.Conv2d(4, 4, 5, padding=2),
+                 nn.Conv2d(4, 4, 3, padding=1, groups=2)):
+        with pytest.raises(ValueError, match="3x3 convolution with stride 1, padding 1"):
+            UpsampleConv3x3.from_conv(conv)
+
+
+def test_lung_unet_with_folded_upsampling_computes_the_same():
+    torch.manual_seed(3)
+    net = LungUNet().eval()
+    for conv in net.keras_layers():  # larger weights than the default init, so a wrong fold shows
+        with torch.no_grad():
+            conv.weight.mul_(3.0)
+    x = torch.randn(1, 1, 64, 48)
+    with torch.inference_mode():
+        expected = net(x)
+        net.fold_upsampling()
+        got = net(x)
+    assert all(stage.upsampling_folded for stage in (net.up4, net.up3, net.up2, net.up1))
+    assert 0.05 < expected.std()
+    assert (got - expected).abs().max() < 1e-5
+    with pytest.raises(RuntimeError, match="upsampling convolutions were folded"):
+        net.keras_layers()
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 512, 512), (2, 5, 7, 9), (1, 4, 8, 8)])
