@@ -35,6 +35,17 @@ def safe_component(uid: str) -> str:
     return "x" + uuid.uuid5(uuid.NAMESPACE_OID, uid).hex
 
 
+def _make_dir(directory: str) -> bool:
+    """Create a series directory (and its study directory) if missing; True when it was created."""
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+    return True
+
+
 @dataclass(frozen=True)
 class StoredFile:
     path: Path
@@ -48,11 +59,12 @@ class Spool:
         self.tmp = self.root / ".tmp"
         self.fsync = fsync
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._tmp_dir = os.fspath(self.tmp)
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return self.root / safe_component(study_uid) / safe_component(series_uid) / f"{safe_component(sop_uid)}.dcm"
 
-    def _fsync_dir(self, directory: Path) -> None:
+    def _fsync_dir(self, directory: Path | str) -> None:
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -60,8 +72,14 @@ class Spool:
             os.close(fd)
 
     def write(self, destination: Path, file_meta: bytes, dataset: bytes | memoryview) -> StoredFile:
-        """Write preamble + file meta + dataset bytes durably to ``destination``."""
-        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        """Write preamble + file meta + dataset bytes durably to ``destination``.
+
+        Runs inside every C-STORE round trip, so it sticks to ``os`` calls on
+        strings: pathlib's objects cost more CPU than the syscalls.
+        """
+        tmp = os.path.join(self._tmp_dir, uuid.uuid4().hex + ".part")
+        target = os.fspath(destination)
+        series_dir = os.path.dirname(target)
         try:
             with open(tmp, "wb") as handle:
                 handle.write(PREAMBLE)
@@ -70,20 +88,20 @@ class Spool:
                 handle.flush()
                 if self.fsync:
                     os.fdatasync(handle.fileno())  # data + size; the rename and directory fsync cover the rest
-            new_dir = not destination.parent.exists()
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            replaced = destination.exists()
-            os.replace(tmp, destination)
+            new_dir = _make_dir(series_dir)
+            replaced = os.path.exists(target)
+            os.replace(tmp, target)
             if self.fsync:
-                self._fsync_dir(destination.parent)
+                self._fsync_dir(series_dir)
                 if new_dir:
-                    self._fsync_dir(destination.parent.parent)
-                    self._fsync_dir(destination.parent.parent.parent)
+                    study_dir = os.path.dirname(series_dir)
+                    self._fsync_dir(study_dir)
+                    self._fsync_dir(os.path.dirname(study_dir))
         except OSError as exc:
             try:
-                tmp.unlink(missing_ok=True)
+                os.unlink(tmp)
             except OSError:
-                pass  # the spool itself is broken; the original error is what matters
+                pass  # never created, or the spool itself is broken; the original error is what matters
             raise SpoolError(exc.errno, f"spool write failed: {exc.strerror}") from exc
         return StoredFile(destination, len(PREAMBLE) + len(file_meta) + len(dataset), replaced)
 
