@@ -27,6 +27,7 @@ from dicom_node import reactor_wakeups
 from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database
 from dicom_node.file_meta import received_file_meta
+from dicom_node.identifiers import Identifiers, read_identifiers
 from dicom_node.ingest import InstanceHeader, fast_recorder, record_instance
 from dicom_node.spool import Spool, SpoolError, disk_state
 
@@ -77,6 +78,21 @@ def _identifying_header(event: evt.Event) -> Any:
         )
     finally:
         stream.seek(0)
+
+
+def _identifiers(event: evt.Event) -> Identifiers:
+    """The identifying attributes: read from the bytes where :mod:`dicom_node.identifiers` can, else by pydicom."""
+    syntax = event.context.transfer_syntax
+    if not syntax.is_deflated:
+        fast = read_identifiers(event.request.DataSet.getbuffer(), implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
+        if fast is not None:
+            return fast
+    ds = _identifying_header(event)
+
+    def text(keyword: str) -> str | None:
+        return str(ds.get(keyword, "") or "") or None
+
+    return Identifiers(text("StudyInstanceUID"), text("SeriesInstanceUID"), text("SOPInstanceUID"), text("Modality"), text("SeriesDescription"))
 
 
 def _utcnow() -> datetime:
@@ -193,23 +209,18 @@ class Receiver:
             log.warning("C-STORE %s refused: SOP class %s not accepted by %s", sop_uid, sop_class, listener.ae_title)
             return STATUS_SOP_CLASS_REFUSED
         try:
-            ds = _identifying_header(event)
-            header = InstanceHeader(
-                study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID),
-                sop_uid=str(ds.SOPInstanceUID), sop_class_uid=sop_class,
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                modality=str(ds.get("Modality", "") or "") or None,
-                series_description=str(ds.get("SeriesDescription", "") or "") or None,
-            )
-        except AttributeError as exc:
-            log.error("C-STORE %s refused: missing identifier (%s)", sop_uid, exc)
-            return STATUS_MISSING_IDENTIFIERS
+            ids = _identifiers(event)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
             log.error("C-STORE %s refused: dataset cannot be decoded (%s: %s)", sop_uid, type(exc).__name__, exc)
             return STATUS_CANNOT_UNDERSTAND
-        if not header.study_uid or not header.series_uid or not header.sop_uid:
-            log.error("C-STORE %s refused: empty Study/Series/SOP Instance UID", sop_uid)
+        if not ids.study_uid or not ids.series_uid or not ids.sop_uid:
+            log.error("C-STORE %s refused: missing or empty Study/Series/SOP Instance UID", sop_uid)
             return STATUS_MISSING_IDENTIFIERS
+        header = InstanceHeader(
+            study_uid=ids.study_uid, series_uid=ids.series_uid, sop_uid=ids.sop_uid, sop_class_uid=sop_class,
+            transfer_syntax_uid=str(event.context.transfer_syntax), modality=ids.modality,
+            series_description=ids.series_description,
+        )
         if header.sop_uid != sop_uid:
             log.error("C-STORE refused: dataset SOP Instance UID %s differs from the request's %s", header.sop_uid, sop_uid)
             return STATUS_CANNOT_UNDERSTAND
