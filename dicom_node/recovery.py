@@ -1,5 +1,8 @@
 """Start-up recovery: make the database agree with the spool after any crash.
 
+* Objects left in spool slots by a power cut (their rename had not reached
+  the disk) are put in place, newest copy first; slots cut off mid-write were
+  never acknowledged and are removed (see :mod:`dicom_node.spool`).
 * Partial ``.part`` files in the spool were never acknowledged: removed.
 * Associations left open by a receiver process that no longer runs are
   closed, so completion does not wait for them until the maximum wait.
@@ -28,6 +31,8 @@ log = logging.getLogger("dicom_node.recovery")
 
 @dataclass(frozen=True)
 class RecoveryReport:
+    slots_moved_into_place: int
+    torn_slots_removed: int
     partial_files_removed: int
     associations_closed: int
     files_reindexed: int
@@ -52,6 +57,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def recover(config: NodeConfig, db: Database, spool: Spool) -> RecoveryReport:
+    pool = spool.recover_pool()
     removed = spool.clean_tmp()
     now = utcnow()
     with db.write() as session:
@@ -81,7 +87,7 @@ def recover(config: NodeConfig, db: Database, spool: Spool) -> RecoveryReport:
             )
         reindexed += 1
     requeued = recover_deliveries(db)
-    report = RecoveryReport(removed, len(stale), reindexed, requeued)
+    report = RecoveryReport(pool.moved, pool.torn, removed, len(stale), reindexed, requeued)
     if any(vars(report).values()):
         log.warning("recovery: %s", report)
     return report

@@ -26,7 +26,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
 from dicom_node.config import Destination, DicomDestination, FolderDestination
-from dicom_node.spool import Spool
+from dicom_node.spool import Spool, read_spool_preamble
 from dicom_node.store_scu import AssociationError, StoreAssociation
 
 log = logging.getLogger("dicom_node.sender")
@@ -240,6 +240,8 @@ def send_folder(destination: FolderDestination, paths: list[str], on_result: Cal
             tmp = spool.tmp / f"{os.getpid()}-{target.name}.part"
             shutil.copyfile(path, tmp)
             with open(tmp, "rb+") as handle:
+                if read_spool_preamble(tmp) is not None:
+                    handle.write(bytes(128))  # the spool's own bookkeeping stays in the spool
                 os.fsync(handle.fileno())
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)

@@ -1,23 +1,54 @@
-"""The spool: received objects as Part 10 files, written durably.
+"""The spool: received objects as Part 10 files, written durably with one flush each.
 
 Layout: ``<spool>/<study uid>/<series uid>/<sop instance uid>.dcm``, plus
-``<spool>/.tmp`` for files being written.  A file is first written to
-``.tmp``, fsynced, renamed into place, and the directory is fsynced, so a
-crash leaves either the old complete file or the new complete file, never a
-torn one.  The bytes of the dataset are written exactly as received (no
+``<spool>/.pool`` (empty slot files whose names are already on disk) and
+``<spool>/.tmp`` (files being written when ``storage.fsync`` is off).
+
+Durable writing, per object:
+
+1. take a slot from ``.pool``: an empty file created earlier, in a batch,
+   after which the directory was fsynced once, so its *name* is durable;
+2. write the object into it and ``fdatasync``: its bytes and size are now
+   durable under the slot's name;
+3. rename it to its final path.  The rename is not flushed.  After a power
+   cut it may be undone, and then the object is still there, complete,
+   under its slot name; :meth:`Spool.recover_pool` moves it into place at
+   start-up, before anything reads the spool.
+
+That is one flush per object where "temp file, fsync, rename, fsync the
+directory" costs two, and the rule that a file at its final path is
+complete still holds (the rename comes after the flush).  A slot cut off
+mid-write was never acknowledged; it is recognised by its preamble, which
+records the file's full length and a write stamp (PS3.10 leaves the
+128-byte preamble to the implementation), and removed.  The stamp also
+decides, when several copies of one SOP Instance UID are found, which is
+the newest (the duplicate policy keeps the newest).
+
+The bytes of the dataset are written exactly as received (no
 decode/re-encode), which keeps compressed transfer syntaxes intact.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+import struct
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
+
+log = logging.getLogger("dicom_node.spool")
+
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-PREAMBLE = b"\x00" * 128 + b"DICM"
+SPOOL_MARK = b"DICOM-NODE-SPOOL"  # then the file's length and a write stamp (ns), little endian
+_PREAMBLE_FIELDS = struct.Struct("<16sQQ")
+PREAMBLE_LENGTH = 128 + 4  # preamble + "DICM"
+POOL_BATCH = 32
 
 
 class SpoolError(OSError):
@@ -35,15 +66,30 @@ def safe_component(uid: str) -> str:
     return "x" + uuid.uuid5(uuid.NAMESPACE_OID, uid).hex
 
 
-def _make_dir(directory: str) -> bool:
-    """Create a series directory (and its study directory) if missing; True when it was created."""
+def spool_preamble(total_length: int, stamp_ns: int) -> bytes:
+    """The 128-byte preamble plus ``DICM`` of a spool file: mark, full file length, write stamp."""
+    fields = _PREAMBLE_FIELDS.pack(SPOOL_MARK, total_length, stamp_ns)
+    return fields + bytes(128 - len(fields)) + b"DICM"
+
+
+def read_spool_preamble(path: str | Path) -> tuple[int, int] | None:
+    """(recorded file length, write stamp) of a spool file, or None for a file without the mark."""
+    with open(path, "rb") as handle:
+        head = handle.read(_PREAMBLE_FIELDS.size)
+    if len(head) < _PREAMBLE_FIELDS.size:
+        return None
+    mark, length, stamp = _PREAMBLE_FIELDS.unpack(head)
+    return (length, stamp) if mark == SPOOL_MARK else None
+
+
+def _make_dir(directory: str) -> None:
+    """Create a series directory (and its study directory) if missing."""
     try:
         os.mkdir(directory)
     except FileExistsError:
-        return False
+        pass
     except FileNotFoundError:
         os.makedirs(directory, exist_ok=True)
-    return True
 
 
 @dataclass(frozen=True)
@@ -53,13 +99,28 @@ class StoredFile:
     replaced: bool
 
 
+@dataclass(frozen=True)
+class PoolRecovery:
+    """What :meth:`Spool.recover_pool` did with the slots a crash left."""
+
+    moved: int      # complete objects whose rename had not reached the disk, now in place
+    superseded: int  # complete copies older than the one kept for the same instance
+    torn: int       # cut off mid-write (never acknowledged), removed
+    empty: int      # unused slots, removed
+
+
 class Spool:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.tmp = self.root / ".tmp"
+        self.pool = self.root / ".pool"
         self.fsync = fsync
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self.pool.mkdir(exist_ok=True)
         self._tmp_dir = os.fspath(self.tmp)
+        self._pool_dir = os.fspath(self.pool)
+        self._slots: list[str] = []
+        self._slots_lock = threading.Lock()
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return self.root / safe_component(study_uid) / safe_component(series_uid) / f"{safe_component(sop_uid)}.dcm"
@@ -71,39 +132,109 @@ class Spool:
         finally:
             os.close(fd)
 
+    def _take_slot(self) -> str:
+        """An empty file in ``.pool`` whose name is durable; a new batch (one directory flush) when none is left."""
+        with self._slots_lock:
+            if not self._slots:
+                batch = []
+                for _ in range(POOL_BATCH):
+                    path = os.path.join(self._pool_dir, f"{uuid.uuid4().hex}.slot")
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                    batch.append(path)
+                self._fsync_dir(self._pool_dir)
+                self._slots = batch
+            return self._slots.pop()
+
     def write(self, destination: Path, file_meta: bytes, dataset: bytes | memoryview) -> StoredFile:
-        """Write preamble + file meta + dataset bytes durably to ``destination``.
+        """Write preamble + file meta + dataset bytes durably to ``destination`` (see the module docstring).
 
         Runs inside every C-STORE round trip, so it sticks to ``os`` calls on
         strings: pathlib's objects cost more CPU than the syscalls.
         """
-        tmp = os.path.join(self._tmp_dir, uuid.uuid4().hex + ".part")
         target = os.fspath(destination)
-        series_dir = os.path.dirname(target)
+        total = PREAMBLE_LENGTH + len(file_meta) + len(dataset)
+        part: str | None = None
         try:
-            with open(tmp, "wb") as handle:
-                handle.write(PREAMBLE)
+            if self.fsync:
+                part = self._take_slot()
+                try:
+                    handle = open(part, "r+b")
+                except FileNotFoundError:  # slots removed behind our back (by hand, a recovery run): new batch
+                    with self._slots_lock:
+                        self._slots.clear()
+                    part = self._take_slot()
+                    handle = open(part, "r+b")
+            else:
+                part = os.path.join(self._tmp_dir, uuid.uuid4().hex + ".part")
+                handle = open(part, "wb")
+            with handle:
+                handle.write(spool_preamble(total, time.time_ns()))
                 handle.write(file_meta)
                 handle.write(dataset)
                 handle.flush()
                 if self.fsync:
-                    os.fdatasync(handle.fileno())  # data + size; the rename and directory fsync cover the rest
-            new_dir = _make_dir(series_dir)
+                    os.fdatasync(handle.fileno())  # bytes and size, under the slot's durable name
+            _make_dir(os.path.dirname(target))
             replaced = os.path.exists(target)
-            os.replace(tmp, target)
-            if self.fsync:
-                self._fsync_dir(series_dir)
-                if new_dir:
-                    study_dir = os.path.dirname(series_dir)
-                    self._fsync_dir(study_dir)
-                    self._fsync_dir(os.path.dirname(study_dir))
+            os.replace(part, target)
         except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass  # never created, or the spool itself is broken; the original error is what matters
+            if part is not None:
+                try:
+                    os.unlink(part)  # a used or half-written slot is never handed out again
+                except OSError:
+                    pass  # never created, or the spool itself is broken; the original error is what matters
             raise SpoolError(exc.errno, f"spool write failed: {exc.strerror}") from exc
-        return StoredFile(destination, len(PREAMBLE) + len(file_meta) + len(dataset), replaced)
+        return StoredFile(destination, total, replaced)
+
+    def recover_pool(self) -> PoolRecovery:
+        """Put complete objects left in slots into place, newest copy first; remove torn and empty slots.
+
+        Run at start-up, before the receiver and before re-indexing, by the
+        only process that touches the spool then.
+        """
+        newest: dict[str, tuple[int, str]] = {}
+        superseded = torn = empty = 0
+        for slot in sorted(self.pool.glob("*.slot")):
+            size = slot.stat().st_size
+            mark = read_spool_preamble(slot) if size else None
+            if size == 0 or mark is None or mark[0] != size:
+                slot.unlink()
+                if size == 0:
+                    empty += 1
+                else:
+                    torn += 1
+                    log.warning("removed %s: cut off mid-write (%d of %s bytes), never acknowledged",
+                                slot.name, size, mark[0] if mark else "?")
+                continue
+            try:
+                ds = pydicom.dcmread(slot, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+                target = os.fspath(self.path_for(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
+            except Exception as exc:  # noqa: BLE001 - complete but unreadable: keep it for a person to look at
+                log.error("slot %s is complete but its identifiers cannot be read (%s); left in %s", slot.name, exc, self.pool)
+                continue
+            held = newest.get(target)
+            if held is None and os.path.exists(target):
+                placed = read_spool_preamble(target)
+                held = (placed[1] if placed else 0, "")  # the copy already in place ("" : nothing to remove)
+            if held is not None and held[0] >= mark[1]:
+                slot.unlink()
+                superseded += 1
+                continue
+            if held is not None and held[1]:
+                os.unlink(held[1])
+                superseded += 1
+            newest[target] = (mark[1], os.fspath(slot))
+        for target, (_, slot_path) in newest.items():
+            if not slot_path:
+                continue
+            _make_dir(os.path.dirname(target))
+            os.replace(slot_path, target)
+            series_dir = os.path.dirname(target)
+            for directory in (series_dir, os.path.dirname(series_dir), os.fspath(self.root)):
+                self._fsync_dir(directory)
+        moved = sum(1 for _, slot_path in newest.values() if slot_path)
+        self._fsync_dir(self._pool_dir)
+        return PoolRecovery(moved, superseded, torn, empty)
 
     def clean_tmp(self) -> int:
         """Remove partial files a crash left behind (they were never acknowledged)."""
@@ -115,7 +246,7 @@ class Spool:
 
     def iter_files(self):  # type: ignore[no-untyped-def]
         for path in self.root.rglob("*.dcm"):
-            if self.tmp not in path.parents:
+            if self.tmp not in path.parents and self.pool not in path.parents:
                 yield path
 
 

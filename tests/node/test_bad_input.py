@@ -121,9 +121,11 @@ def test_missing_uids_answer_cannot_understand(node) -> None:
 
 
 def test_unwritable_spool_answers_out_of_resources_then_recovers(node) -> None:
-    tmp = node.workdir / "spool" / ".tmp"
+    tmp = node.workdir / "spool" / ".pool"
+    for slot in tmp.iterdir():  # a fresh node has no slots yet; be sure
+        slot.unlink()
     tmp.rmdir()
-    tmp.write_text("a file where the temp folder should be")  # every write now fails (root ignores chmod)
+    tmp.write_text("a file where the slot folder should be")  # every write now fails (root ignores chmod)
     ds = chest_ct_series(1, 32)[0]
     assoc = associate(node.port)
     status = assoc.send_c_store(ds)
