@@ -3,8 +3,8 @@
 Runs in its own process (``dicom-node serve`` starts it) so that nothing else
 competes for its GIL.  Each association runs in a pynetdicom thread; the
 order inside a C-STORE is fixed by the durability promise: decode the
-header, write + fsync + rename the file, commit the row, and only then
-return 0x0000.
+identifiers, write + flush + rename the file (:mod:`dicom_node.spool`),
+commit the row, and only then return 0x0000.
 """
 from __future__ import annotations
 
