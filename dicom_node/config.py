@@ -186,6 +186,12 @@ def _positive(value: float, where: str) -> float:
     return value
 
 
+def _max_pdu(value: int, where: str) -> int:
+    if value < 0 or 0 < value < 4096:
+        raise ConfigError(f"{where}: 0 (unlimited) or >= 4096, got {value}")
+    return value
+
+
 def _port(value: int, where: str) -> int:
     if not 0 < value < 65536:
         raise ConfigError(f"{where}: port must be 1-65535, got {value}")
@@ -238,7 +244,7 @@ def _destination(name: str, table: dict[str, Any], base: Path) -> Destination:
             host=_take(table, "host", str, where),
             port=_port(_take(table, "port", int, where), f"{where}.port"),
             calling_ae_title=_ae_title(calling, f"{where}.calling_ae_title") if calling is not None else None,
-            max_pdu=_take(table, "max_pdu", int, where, 0),
+            max_pdu=_max_pdu(_take(table, "max_pdu", int, where, 0), f"{where}.max_pdu"),
             timeout_seconds=_positive(_take(table, "timeout_seconds", float, where, 30.0), f"{where}.timeout_seconds"),
         )
     raise ConfigError(f"{where}.type: must be 'dicom' or 'folder', got {kind!r}")
@@ -284,9 +290,7 @@ def parse_config(data: dict[str, Any], base: Path, path: Path | None = None) -> 
     except ValueError:
         raise ConfigError(f"node.bind: {bind!r} is not an IP address") from None
     port = _port(_take(node, "port", int, "node", 11112), "node.port")
-    max_pdu = _take(node, "max_pdu", int, "node", 0)
-    if max_pdu < 0 or (0 < max_pdu < 4096):
-        raise ConfigError(f"node.max_pdu: 0 (unlimited) or >= 4096, got {max_pdu}")
+    max_pdu = _max_pdu(_take(node, "max_pdu", int, "node", 0), "node.max_pdu")
     uid_root = _take(node, "uid_root", str, "node", DEFAULT_UID_ROOT).rstrip(".")
     if not _UID_ROOT_RE.match(uid_root) or len(uid_root) > 24:
         raise ConfigError(f"node.uid_root: {uid_root!r} is not a valid UID root (digits and dots, at most 24 characters)")

@@ -190,6 +190,7 @@ def send_dicom(
         assoc = StoreAssociation.open(
             destination.host, destination.port, calling_ae=destination.calling_ae_title or calling_ae,
             called_ae=destination.ae_title, contexts=_contexts(infos), timeout=destination.timeout_seconds,
+            max_send_pdu=destination.max_pdu,
         )
     except AssociationError as exc:
         raise SendError(str(exc)) from None

@@ -136,12 +136,13 @@ class StoreAssociation:
     syntax) to the presentation context ID the peer accepted for it.
     """
 
-    def __init__(self, sock: socket.socket, accepted: dict[tuple[str, str], int], peer_max_pdu: int) -> None:
+    def __init__(self, sock: socket.socket, accepted: dict[tuple[str, str], int], peer_max_pdu: int, max_send_pdu: int = 0) -> None:
         self._sock = sock
         self.accepted = accepted
-        self.fragment_size = (peer_max_pdu - 6) if peer_max_pdu else UNLIMITED_FRAGMENT  # 6: PDV item header
+        limits = [size for size in (peer_max_pdu, max_send_pdu) if size]
+        self.fragment_size = (min(limits) - 6) if limits else UNLIMITED_FRAGMENT  # 6: PDV item header
         if self.fragment_size < 1:
-            raise AssociationError(f"the peer's maximum PDU length {peer_max_pdu} is too small to carry data")
+            raise AssociationError(f"a maximum PDU length of {min(limits)} is too small to carry data")
         self._message_id = 0
         self._open = True
 
@@ -149,9 +150,12 @@ class StoreAssociation:
     @classmethod
     def open(
         cls, host: str, port: int, *, calling_ae: str, called_ae: str,
-        contexts: Iterable[PresentationContext], timeout: float,
+        contexts: Iterable[PresentationContext], timeout: float, max_send_pdu: int = 0,
     ) -> "StoreAssociation":
-        """Connect and negotiate; raises :class:`AssociationError` (rejection, abort) or ``OSError`` (no connection)."""
+        """Connect and negotiate; raises :class:`AssociationError` (rejection, abort) or ``OSError`` (no connection).
+
+        ``max_send_pdu`` caps the PDUs sent below what the peer accepts (0: no cap).
+        """
         requested = list(contexts)
         if not 0 < len(requested) <= 128:
             raise AssociationError(f"{len(requested)} presentation contexts requested; DICOM allows 1 to 128")
@@ -187,7 +191,7 @@ class StoreAssociation:
             asked = by_id.get(result.context_id)
             if result.result == 0x00 and asked is not None and result.transfer_syntax:
                 accepted.setdefault((str(asked.abstract_syntax), str(result.transfer_syntax[0])), int(result.context_id))
-        return cls(sock, accepted, reply.maximum_length_received or 0)
+        return cls(sock, accepted, reply.maximum_length_received or 0, max_send_pdu)
 
     # -- C-STORE -----------------------------------------------------------
     def store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str, dataset: bytes | memoryview | mmap.mmap) -> StoreStatus:

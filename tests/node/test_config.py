@@ -35,6 +35,7 @@ def test_default_config_loads_with_safe_defaults() -> None:
         ("[[listener]]\nallowed_calling_aets = ['X']", "listener[0].ae_title"),
         ("[destinations.pacs]\ntype = 'ftp'", "destinations.pacs.type"),
         ("[destinations.pacs]\ntype = 'dicom'\nae_title = 'P'\nhost = 'h'", "destinations.pacs.port"),
+        ("[destinations.pacs]\ntype = 'dicom'\nae_title = 'P'\nhost = 'h'\nport = 104\nmax_pdu = 100", "destinations.pacs.max_pdu"),
         ("[database]\nurl = 'mysql://x'", "database.url"),
         ("[storage]\nmax_used_percent = 120", "storage.max_used_percent"),
         ("[delivery]\nmax_attempts = 0", "delivery.max_attempts"),

@@ -18,7 +18,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
-from pynetdicom import AE, evt
+from pynetdicom import AE, build_context, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dsutils import encode
@@ -26,7 +26,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from dicom_node.config import DicomDestination
 from dicom_node.sender import ItemResult, SendError, file_info, send_dicom
-from dicom_node.store_scu import parse_command, store_request_command
+from dicom_node.store_scu import StoreAssociation, parse_command, store_request_command
 from dicom_node.synthetic import chest_ct_series, write_datasets
 from tests.node.test_forwarding import dataset_bytes
 from tests.peers import StoreSCP, free_port
@@ -166,6 +166,19 @@ def test_small_peer_pdu_fragments_the_dataset(ct_files) -> None:
         peer.close()
     assert all(r.ok for r in results)
     assert peer.received == {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(f) for f in ct_files}
+
+
+def test_destination_max_pdu_caps_what_is_sent() -> None:
+    peer = PynetdicomSCP(max_pdu=16382)
+    try:
+        contexts = lambda: [build_context(CTImageStorage, ExplicitVRLittleEndian)]  # noqa: E731 - fresh contexts per call
+        for cap, fragment in ((0, 16382 - 6), (8192, 8192 - 6), (65536, 16382 - 6)):
+            assoc = StoreAssociation.open("127.0.0.1", peer.port, calling_ae="NODE_SCU", called_ae="PYSCP",
+                                          contexts=contexts(), timeout=10, max_send_pdu=cap)
+            assert assoc.fragment_size == fragment
+            assoc.release()
+    finally:
+        peer.close()
 
 
 def test_rejection_abort_and_silence_are_batch_errors(ct_files) -> None:
