@@ -2,7 +2,9 @@
 
 Claiming is a conditional UPDATE (``state='pending'`` -> ``'sending'``), so
 any number of workers, in any number of processes, never send the same
-batch twice.  Each item is committed as ``sent`` right after the peer's
+batch twice.  A worker claims the next due delivery together with the
+other due deliveries to the same destination and sends them all over one
+association.  Each item is committed as ``sent`` right after the peer's
 success status: after a crash only the item whose response was in flight
 can reach the destination twice, and the delivery counts that as a
 possible duplicate when it is recovered.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import defaultdict, deque
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import bindparam, func, select, update
@@ -21,6 +24,9 @@ from dicom_node.db import Database, Delivery, DeliveryItem
 from dicom_node.sender import ItemResult, SendError, send
 
 log = logging.getLogger("dicom_node.delivery")
+
+# Most deliveries one worker sends over one association (same destination, all due).
+BATCH = 32
 
 
 _ITEM_SENT = (
@@ -82,54 +88,72 @@ def recover(db: Database) -> int:
         return len(stuck)
 
 
-def claim_next(db: Database, worker: str) -> int | None:
+def claim_next(db: Database, worker: str) -> list[int]:
+    """Claim the next due delivery and the other due ones to the same destination (at most :data:`BATCH`).
+
+    They then share one association: per series, one object each, a
+    burst of radiographs would otherwise open and release an association
+    per image.  Returns the claimed ids, oldest first (empty: nothing due).
+    """
     now = utcnow()
+    due = (Delivery.state == "pending", Delivery.next_attempt_at <= now)
     with db.write() as session:
+        first = session.scalar(select(Delivery.destination).where(*due).order_by(Delivery.next_attempt_at, Delivery.id).limit(1))
+        if first is None:
+            return []
         candidates = session.scalars(
-            select(Delivery.id).where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
-            .order_by(Delivery.next_attempt_at, Delivery.id).limit(5)
+            select(Delivery.id).where(*due, Delivery.destination == first).order_by(Delivery.next_attempt_at, Delivery.id).limit(BATCH)
         ).all()
-        for delivery_id in candidates:
-            claimed = session.execute(
+        return [
+            delivery_id for delivery_id in candidates
+            if session.execute(
                 update(Delivery).where(Delivery.id == delivery_id, Delivery.state == "pending")
                 .values(state="sending", started_at=now, attempts=Delivery.attempts + 1)
             ).rowcount
-            if claimed:
-                return delivery_id
-    return None
+        ]
 
 
-def run_delivery(db: Database, config: NodeConfig, delivery_id: int) -> str:
-    """Send the pending items of a claimed delivery; returns its new state."""
+def run_deliveries(db: Database, config: NodeConfig, delivery_ids: list[int]) -> list[str]:
+    """Send the pending items of claimed deliveries (one destination) over one association; returns their new states."""
     with db.session() as session:
-        delivery = session.get(Delivery, delivery_id)
-        assert delivery is not None
-        pending = session.scalars(
-            select(DeliveryItem).where(DeliveryItem.delivery_id == delivery_id, DeliveryItem.state == "pending").order_by(DeliveryItem.id)
+        rows = session.execute(select(Delivery.id, Delivery.destination, Delivery.attempts).where(Delivery.id.in_(delivery_ids))).all()
+        pending = session.execute(
+            select(DeliveryItem.id, DeliveryItem.path)
+            .where(DeliveryItem.delivery_id.in_(delivery_ids), DeliveryItem.state == "pending")
+            .order_by(DeliveryItem.delivery_id, DeliveryItem.id)
         ).all()
-        destination_name, attempts = delivery.destination, delivery.attempts
-        by_path = {item.path: item.id for item in pending}
+    attempts = {row.id: row.attempts for row in rows}
+    destination_name = rows[0].destination
+    by_path: dict[str, deque[int]] = defaultdict(deque)  # the same file may be in two deliveries of the batch
+    for item_id, path in pending:
+        by_path[path].append(item_id)
     destination = config.destinations.get(destination_name)
     error: str | None = None
     permanent = False
     if destination is None:
         error, permanent = f"destination {destination_name!r} is not configured", True
-    elif by_path:
+    elif pending:
         def on_result(result: ItemResult) -> None:
             # A pre-built Core UPDATE per object (about 0.1 ms): the ORM's load-modify-flush, or even
             # building the statement each time, cost about 1 ms, more than sending a CT slice.
-            params = {"b_id": by_path[result.path], "b_status": result.status, "b_ms": result.duration_ms}
+            params = {"b_id": by_path[result.path].popleft(), "b_status": result.status, "b_ms": result.duration_ms}
             with db.write_connection() as conn:
                 if result.ok:
                     conn.execute(_ITEM_SENT, {**params, "b_at": utcnow()})
                 else:
                     conn.execute(_ITEM_REFUSED, {**params, "b_error": result.error})
         try:
-            send(destination, list(by_path), config.ae_title, on_result)
+            send(destination, [path for _, path in pending], config.ae_title, on_result)
         except SendError as exc:
             error, permanent = str(exc), exc.permanent
         except Exception as exc:  # noqa: BLE001 - a delivery must always end in a state
             error = f"{type(exc).__name__}: {exc}"
+    return [_finish(db, config, delivery_id, attempts[delivery_id], destination_name, error, permanent) for delivery_id in sorted(attempts)]
+
+
+def _finish(db: Database, config: NodeConfig, delivery_id: int, attempts: int, destination_name: str,
+            error: str | None, permanent: bool) -> str:
+    """Delivered when nothing is left to send; otherwise retried later or failed, with the reason."""
     with db.write() as session:
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None
@@ -137,7 +161,8 @@ def run_delivery(db: Database, config: NodeConfig, delivery_id: int) -> str:
             select(func.count()).select_from(DeliveryItem).where(DeliveryItem.delivery_id == delivery_id, DeliveryItem.state == "pending")
         )
         now = utcnow()
-        if not left and error is None:
+        if not left:
+            error = None  # every object of this delivery is there, whatever happened later in the batch
             delivery.state, delivery.finished_at, delivery.last_error = "delivered", now, None
         else:
             if error is None:
@@ -195,15 +220,15 @@ class DeliveryWorkers:
     def _loop(self, name: str) -> None:
         while not self._stop.is_set():
             try:
-                delivery_id = claim_next(self.db, name)
+                delivery_ids = claim_next(self.db, name)
             except Exception:  # noqa: BLE001 - a DB hiccup must not kill the worker
                 log.exception("claiming a delivery failed")
-                delivery_id = None
-            if delivery_id is None:
+                delivery_ids = []
+            if not delivery_ids:
                 self._wake.wait(self.config.delivery.poll_seconds)
                 self._wake.clear()
                 continue
-            run_delivery(self.db, self.config, delivery_id)
+            run_deliveries(self.db, self.config, delivery_ids)
 
     def stop(self) -> None:
         self._stop.set()
