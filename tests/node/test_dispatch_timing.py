@@ -7,6 +7,7 @@ the current file's, re-read when a duplicate replaced the file.
 """
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,7 +21,7 @@ from dicom_node.db import Database
 from dicom_node.db.models import Association, Series
 from dicom_node.header_readahead import HeaderReadahead
 from dicom_node.ingest import InstanceHeader, record_instance
-from dicom_node.service import _pull_forward
+from dicom_node.service import _CoalescedSweepFilter, _pull_forward
 from dicom_node.synthetic import chest_ct_series, write_datasets
 
 T0 = datetime(2026, 12, 3, 12, 0, 0)
@@ -78,6 +79,10 @@ def test_pull_forward_moves_the_sweep_earlier_never_later() -> None:
         sooner = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(seconds=2)
         _pull_forward(scheduler, "sweep", sooner)
         assert scheduler.get_job("sweep").next_run_time == sooner.replace(tzinfo=timezone.utc)
+        overdue = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=1)
+        _pull_forward(scheduler, "sweep", overdue)  # due already: just after the caller returns, never in the past
+        pulled = scheduler.get_job("sweep").next_run_time
+        assert datetime.now(timezone.utc) < pulled < datetime.now(timezone.utc) + timedelta(seconds=1)
         _pull_forward(scheduler, "missing", sooner)  # an unknown job is left alone
     finally:
         scheduler.shutdown(wait=False)
@@ -106,3 +111,13 @@ def test_read_ahead_headers_are_the_current_files(tmp_path: Path) -> None:
 
     stingy = HeaderReadahead(budget_seconds=0)
     assert stingy.read_ahead({1: paths}) <= 1  # the budget bounds one sweep's work
+
+
+def test_only_the_coalesced_sweep_warning_is_dropped() -> None:
+    sweep_skipped = logging.LogRecord("apscheduler.scheduler", logging.WARNING, __file__, 1,
+                                      'Execution of job "%s" skipped: maximum number of running instances reached (%d)',
+                                      ("Node.run.<locals>.sweep (trigger: interval[0:00:00.250000])", 1), None)
+    other = logging.LogRecord("apscheduler.scheduler", logging.WARNING, __file__, 1, 'Run time of job "%s" was missed by %s',
+                              ("Node.run.<locals>.sweep", "0:00:07"), None)
+    assert not _CoalescedSweepFilter().filter(sweep_skipped)
+    assert _CoalescedSweepFilter().filter(other)
