@@ -26,7 +26,8 @@ def _element(element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
 
 
-def _uid(value: str) -> bytes:
+def padded_uid(value: str) -> bytes:
+    """A UID's bytes, padded with NUL to even length (PS3.5 section 6.2)."""
     raw = value.encode("ascii")
     return raw + b"\x00" if len(raw) % 2 else raw
 
@@ -51,10 +52,10 @@ def received_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_synta
             raise ValueError(f"{name} {value!r} cannot be written in the file meta information")
     body = b"".join((
         _element(0x0001, b"OB", b"\x00\x01"),
-        _element(0x0002, b"UI", _uid(sop_class_uid)),
-        _element(0x0003, b"UI", _uid(sop_instance_uid)),
-        _element(0x0010, b"UI", _uid(transfer_syntax_uid)),
-        _element(0x0012, b"UI", _uid(IMPLEMENTATION_CLASS_UID)),
+        _element(0x0002, b"UI", padded_uid(sop_class_uid)),
+        _element(0x0003, b"UI", padded_uid(sop_instance_uid)),
+        _element(0x0010, b"UI", padded_uid(transfer_syntax_uid)),
+        _element(0x0012, b"UI", padded_uid(IMPLEMENTATION_CLASS_UID)),
         _element(0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME)),
         _element(0x0016, b"AE", _text(source_ae_title)),
     ))

@@ -29,7 +29,7 @@ _WANTED = {
     0x0020000E: "series_uid",
 }
 # Explicit VR element forms with a 32-bit length (PS3.5 section 7.1.2)
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 
@@ -44,7 +44,7 @@ class Identifiers:
     series_description: str | None
 
 
-def _element(data: memoryview, offset: int, implicit: bool) -> tuple[int, int, int, bool]:
+def element_header(data: bytes | memoryview, offset: int, implicit: bool) -> tuple[int, int, int, bool]:
     """(tag, value length, value offset, value is implicit VR) of the element at ``offset``."""
     group, element = struct.unpack_from("<HH", data, offset)
     tag = group << 16 | element
@@ -52,7 +52,7 @@ def _element(data: memoryview, offset: int, implicit: bool) -> tuple[int, int, i
         (length,) = struct.unpack_from("<I", data, offset + 4)
         return tag, length, offset + 8, implicit
     vr = bytes(data[offset + 4:offset + 6])
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         (length,) = struct.unpack_from("<I", data, offset + 8)
         # an undefined-length UN holds a sequence encoded in implicit VR (PS3.5 section 6.2.2)
         return tag, length, offset + 12, vr == b"UN"
@@ -65,7 +65,7 @@ def _element(data: memoryview, offset: int, implicit: bool) -> tuple[int, int, i
 def _skip_sequence(data: memoryview, offset: int, implicit: bool) -> int:
     """Step over the items of an undefined-length sequence; returns the offset after its delimiter."""
     while True:
-        tag, length, offset, _ = _element(data, offset, True)
+        tag, length, offset, _ = element_header(data, offset, True)
         if tag == _SEQUENCE_END:
             return offset
         if tag != _ITEM:
@@ -74,7 +74,7 @@ def _skip_sequence(data: memoryview, offset: int, implicit: bool) -> int:
             offset += length
             continue
         while True:  # the item's own elements, up to its delimiter
-            tag, length, offset, nested_implicit = _element(data, offset, implicit)
+            tag, length, offset, nested_implicit = element_header(data, offset, implicit)
             if tag == _ITEM_END:
                 break
             offset = _skip_sequence(data, offset, nested_implicit) if length == UNDEFINED else offset + length
@@ -89,7 +89,7 @@ def read_identifiers(dataset: bytes | memoryview, *, implicit_vr: bool, little_e
     offset = 0
     try:
         while offset + 8 <= len(data):
-            tag, length, value_at, nested_implicit = _element(data, offset, implicit_vr)
+            tag, length, value_at, nested_implicit = element_header(data, offset, implicit_vr)
             if tag > _LAST:
                 break
             if length == UNDEFINED:

@@ -26,14 +26,13 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
 from dicom_node.config import Destination, DicomDestination, FolderDestination
-from dicom_node.spool import Spool, read_spool_preamble
+from dicom_node.identifiers import element_header
+from dicom_node.spool import PREAMBLE_LENGTH, Spool, parse_spool_preamble
 from dicom_node.store_scu import AssociationError, StoreAssociation
 
 log = logging.getLogger("dicom_node.sender")
 
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-# Explicit VR element forms with a 32-bit length (PS3.5 section 7.1.2)
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
 class SendError(Exception):
@@ -80,27 +79,20 @@ def file_info(path: str) -> FileInfo:
         values: dict[int, bytes] = {}
         offset = 132
         while True:
-            if offset + 8 > len(head):
-                more = handle.read(65536)
-                if not more:
-                    break
+            while offset + 12 > len(head) and (more := handle.read(65536)):
                 head += more
-                continue
-            group, element, vr = struct.unpack_from("<HH2s", head, offset)
-            if group != 0x0002:
-                break
-            if vr in _LONG_VRS:
-                (length,) = struct.unpack_from("<I", head, offset + 8)
-                value_at = offset + 12
-            else:
-                (length,) = struct.unpack_from("<H", head, offset + 6)
-                value_at = offset + 8
+            if offset + 8 > len(head) or struct.unpack_from("<H", head, offset)[0] != 0x0002:
+                break  # the dataset starts here (its encoding may not be explicit VR: look no further)
+            try:
+                tag, length, value_at, _ = element_header(head, offset, implicit=False)
+            except struct.error:
+                raise ValueError("file meta information is truncated") from None
             while value_at + length > len(head):
                 more = handle.read(65536)
                 if not more:
                     raise ValueError("file meta information is truncated")
                 head += more
-            values[element] = head[value_at:value_at + length]
+            values[tag & 0xFFFF] = head[value_at:value_at + length]
             offset = value_at + length
     try:
         uids = [UID(values[e].rstrip(b"\x00 ").decode("ascii")) for e in (0x0002, 0x0003, 0x0010)]
@@ -196,7 +188,7 @@ def send_dicom(
         raise SendError(str(exc)) from None
     except OSError as exc:
         raise SendError(f"cannot connect to {where}: {exc.strerror or exc}") from None
-    try:
+    with assoc:  # released after the batch, aborted on any error
         for info in infos:
             start = time.perf_counter()
             context_id = assoc.accepted.get((info.sop_class, info.transfer_syntax))
@@ -224,10 +216,6 @@ def send_dicom(
             elapsed = (time.perf_counter() - start) * 1000
             error = None if status.ok else f"C-STORE status 0x{status.status:04X}" + (f": {status.comment}" if status.comment else "")
             on_result(ItemResult(info.path, status.ok, status.status, error, elapsed))
-    except BaseException:
-        assoc.abort()
-        raise
-    assoc.release()
 
 
 def send_folder(destination: FolderDestination, paths: list[str], on_result: Callable[[ItemResult], None]) -> None:
@@ -241,8 +229,10 @@ def send_folder(destination: FolderDestination, paths: list[str], on_result: Cal
             tmp = spool.tmp / f"{os.getpid()}-{target.name}.part"
             shutil.copyfile(path, tmp)
             with open(tmp, "rb+") as handle:
-                if read_spool_preamble(tmp) is not None:
+                if parse_spool_preamble(handle.read(PREAMBLE_LENGTH)) is not None:
+                    handle.seek(0)
                     handle.write(bytes(128))  # the spool's own bookkeeping stays in the spool
+                    handle.flush()
                 os.fsync(handle.fileno())
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)

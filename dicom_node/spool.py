@@ -72,14 +72,18 @@ def spool_preamble(total_length: int, stamp_ns: int) -> bytes:
     return fields + bytes(128 - len(fields)) + b"DICM"
 
 
-def read_spool_preamble(path: str | Path) -> tuple[int, int] | None:
-    """(recorded file length, write stamp) of a spool file, or None for a file without the mark."""
-    with open(path, "rb") as handle:
-        head = handle.read(_PREAMBLE_FIELDS.size)
+def parse_spool_preamble(head: bytes) -> tuple[int, int] | None:
+    """(recorded file length, write stamp) from a file's first bytes, or None without the mark."""
     if len(head) < _PREAMBLE_FIELDS.size:
         return None
-    mark, length, stamp = _PREAMBLE_FIELDS.unpack(head)
+    mark, length, stamp = _PREAMBLE_FIELDS.unpack_from(head)
     return (length, stamp) if mark == SPOOL_MARK else None
+
+
+def read_spool_preamble(path: str | Path) -> tuple[int, int] | None:
+    """:func:`parse_spool_preamble` of a file on disk."""
+    with open(path, "rb") as handle:
+        return parse_spool_preamble(handle.read(_PREAMBLE_FIELDS.size))
 
 
 def _make_dir(directory: str) -> None:
@@ -116,7 +120,6 @@ class Spool:
         self.pool = self.root / ".pool"
         self.fsync = fsync
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.pool.mkdir(exist_ok=True)
         self._tmp_dir = os.fspath(self.tmp)
         self._pool_dir = os.fspath(self.pool)
         self._slots: list[str] = []
@@ -136,6 +139,7 @@ class Spool:
         """An empty file in ``.pool`` whose name is durable; a new batch (one directory flush) when none is left."""
         with self._slots_lock:
             if not self._slots:
+                os.makedirs(self._pool_dir, exist_ok=True)  # made on first use: folder destinations never need one
                 batch = []
                 for _ in range(POOL_BATCH):
                     path = os.path.join(self._pool_dir, f"{uuid.uuid4().hex}.slot")
@@ -224,16 +228,18 @@ class Spool:
                 os.unlink(held[1])
                 superseded += 1
             newest[target] = (mark[1], os.fspath(slot))
+        touched = {self._pool_dir, os.fspath(self.root)} if self.pool.is_dir() else set()
+        moved = 0
         for target, (_, slot_path) in newest.items():
             if not slot_path:
                 continue
-            _make_dir(os.path.dirname(target))
-            os.replace(slot_path, target)
             series_dir = os.path.dirname(target)
-            for directory in (series_dir, os.path.dirname(series_dir), os.fspath(self.root)):
-                self._fsync_dir(directory)
-        moved = sum(1 for _, slot_path in newest.values() if slot_path)
-        self._fsync_dir(self._pool_dir)
+            _make_dir(series_dir)
+            os.replace(slot_path, target)
+            touched.update((series_dir, os.path.dirname(series_dir)))
+            moved += 1
+        for directory in touched:  # the moves are durable before anything is re-indexed
+            self._fsync_dir(directory)
         return PoolRecovery(moved, superseded, torn, empty)
 
     def clean_tmp(self) -> int:

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from pydicom.uid import UID
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -38,6 +37,8 @@ from pynetdicom.pdu_primitives import (
     MaximumLengthNotification,
 )
 from pynetdicom.presentation import PresentationContext
+
+from dicom_node.file_meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, padded_uid
 
 APPLICATION_CONTEXT = UID("1.2.840.10008.3.1.1.1")
 
@@ -70,11 +71,6 @@ class StoreStatus:
         return self.status == 0x0000 or 0xB000 <= self.status <= 0xBFFF
 
 
-def _uid_bytes(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
 def _element(element: int, value: bytes) -> bytes:
     """One group-0000 element in Implicit VR Little Endian: tag, 32-bit length, value."""
     return struct.pack("<HHI", 0x0000, element, len(value)) + value
@@ -83,12 +79,12 @@ def _element(element: int, value: bytes) -> bytes:
 def store_request_command(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
     """The encoded C-STORE-RQ command set (PS3.7 table 9.3-1), group length first."""
     body = b"".join((
-        _element(0x0002, _uid_bytes(sop_class_uid)),               # Affected SOP Class UID
+        _element(0x0002, padded_uid(sop_class_uid)),               # Affected SOP Class UID
         _element(0x0100, struct.pack("<H", 0x0001)),             # Command Field: C-STORE-RQ
         _element(0x0110, struct.pack("<H", message_id)),         # Message ID
         _element(0x0700, struct.pack("<H", 0x0000)),             # Priority: medium
         _element(0x0800, struct.pack("<H", 0x0000)),             # Command Data Set Type: a dataset follows
-        _element(0x1000, _uid_bytes(sop_instance_uid)),           # Affected SOP Instance UID
+        _element(0x1000, padded_uid(sop_instance_uid)),           # Affected SOP Instance UID
     ))
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
@@ -282,10 +278,6 @@ class StoreAssociation:
         self._open = False
         self._sock.close()
 
-    @property
-    def is_open(self) -> bool:
-        return self._open
-
     def __enter__(self) -> "StoreAssociation":
         return self
 
@@ -305,9 +297,9 @@ def _associate_request(calling_ae: str, called_ae: str, contexts: list[Presentat
     max_length = MaximumLengthNotification()
     max_length.maximum_length_received = RECEIVE_MAX_PDU
     implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    implementation.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
     version = ImplementationVersionNameNotification()
-    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     primitive.user_information = [max_length, implementation, version]
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)

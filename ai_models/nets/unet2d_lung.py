@@ -82,9 +82,13 @@ class LungUNet(nn.Module):
             skips.append(x)
             x = F.max_pool2d(x, 2)
         x = F.relu_(self.bottom(x))
-        for stage, skip in zip((self.up4, self.up3, self.up2, self.up1), reversed(skips)):
+        for stage, skip in zip(self._decoder(), reversed(skips)):
             x = stage(x, skip)
         return torch.sigmoid(self.head(x))
+
+    def _decoder(self) -> tuple[_UpStage, ...]:
+        """The up stages, deepest first (the order of forward and of the Keras layers)."""
+        return (self.up4, self.up3, self.up2, self.up1)
 
     def fold_upsampling(self) -> None:
         """Compute each decoder stage's upsampling + first convolution at the low resolution.
@@ -94,18 +98,18 @@ class LungUNet(nn.Module):
         about a fifth of the network's work at 1024x1024.  One-way, like
         BatchNorm folding: load the Keras weights first.
         """
-        for stage in (self.up4, self.up3, self.up2, self.up1):
+        for stage in self._decoder():
             stage.fold_upsampling()
 
     def keras_layers(self) -> list[nn.Module]:
         """The 22 convolutions in Keras topological order (Appendix A.1)."""
-        if any(stage.upsampling_folded for stage in (self.up4, self.up3, self.up2, self.up1)):
+        if any(stage.upsampling_folded for stage in self._decoder()):
             raise RuntimeError("the decoder's upsampling convolutions were folded; load Keras weights into a fresh LungUNet")
         layers: list[nn.Module] = []
         for level in (self.enc1, self.enc2, self.enc3, self.enc4):
             layers.extend(level)
         layers.append(self.bottom)
-        for stage in (self.up4, self.up3, self.up2, self.up1):
+        for stage in self._decoder():
             layers.extend([stage.conv_a, stage.conv_b, stage.fuse])
         layers.append(self.head)
         return layers

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import uuid
 from io import BytesIO
 from pathlib import Path
@@ -50,7 +51,7 @@ def test_valid_uid_kept() -> None:
 @pytest.mark.parametrize("fsync,folder", [(True, ".pool"), (False, ".tmp")])
 def test_unwritable_spool_raises_spool_error(tmp_path: Path, fsync: bool, folder: str) -> None:
     spool = Spool(tmp_path / "spool", fsync=fsync)
-    (spool.root / folder).rmdir()
+    shutil.rmtree(spool.root / folder, ignore_errors=True)
     (spool.root / folder).write_text("not a directory")  # every write now fails with ENOTDIR
     with pytest.raises(SpoolError):
         spool.write(tmp_path / "spool" / "a" / "b.dcm", b"", b"data")
