@@ -263,6 +263,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         print(f"series {series_uid} ({first.get('Modality', '?')}, {len(datasets)} file(s), {first.get('SeriesDescription', '')!s})")
         for explanation in ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series"):
             print(f"  {explanation}")
+        for explanation, fired in ruleset.explain_instances(datasets):
+            print(f"  instance level, fires for {fired} of {len(datasets)} file(s): {explanation}")
     for error in ruleset.errors:
         print(f"rule error: {error}")
     return EXIT_OK

@@ -1,8 +1,10 @@
 """From complete series/studies to queued actions.
 
-One sweep (driven by APScheduler every fraction of a second) marks due
-series complete, applies the rules to every complete series and every due
-study, and queues what the matching rules ask for.  Queuing and the state
+One sweep (driven by APScheduler every fraction of a second) applies the
+instance-level rules to objects stored since the last sweep (see
+:mod:`dicom_node.instance_routing`), marks due series complete, applies the
+rules to every complete series and every due study, and queues what the
+matching rules ask for.  Queuing and the state
 change happen in one transaction, keyed by a dispatch key, so a crash
 between the two can neither lose nor double an action.
 
@@ -25,6 +27,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.db import Database, Delivery, DeliveryItem, Dispatch, Instance, Series, Study
 from dicom_node.delivery import enqueue, utcnow
 from dicom_node.header_readahead import HeaderReadahead, read_header
+from dicom_node.instance_routing import PASS_LIMIT, Unrouted, mark_all_routed, mark_routed, unrouted
 
 log = logging.getLogger("dicom_node.dispatcher")
 
@@ -36,7 +39,11 @@ def read_headers(paths: list[str]) -> list[Dataset]:
 
 @dataclass(frozen=True)
 class Target:
-    """What an action applies to: a series or a whole study, in one run."""
+    """What an action applies to: a series or a whole study in one run, or objects of a series just stored.
+
+    At instance level ``uid`` names the batch (the first object's row id and
+    version), which keeps its dispatch key unique: each copy is routed once.
+    """
 
     level: str
     uid: str
@@ -93,10 +100,69 @@ class Dispatcher:
         self.readahead = HeaderReadahead()
 
     def sweep(self) -> datetime | None:
-        """Complete, dispatch and apply findings; returns when a waiting series fires next (naive UTC), if any."""
+        """Route new objects, complete, dispatch and apply findings.
+
+        Returns when the sweep should run next (naive UTC): when a waiting
+        series fires, or now if more objects wait for instance-level rules.
+        """
+        more = self.route_instances()
         next_fire = self._sweep_completion()
         self.apply_findings()
-        return next_fire
+        return utcnow() if more else next_fire
+
+    def route_instances(self) -> bool:
+        """Apply instance-level rules to the objects stored since the last pass; True if more are waiting.
+
+        Each object is judged on its own header, read outside the write
+        transaction; the deliveries (one per series, rule and destination)
+        and the marks are written in one transaction.  An unreadable file is
+        logged once and marked like the others, not retried every sweep.
+        """
+        from routing_rules.headers import SeriesHeaders
+
+        ruleset = self.rules.current()
+        if not any(rule.enabled and rule.level == "instance" for rule in ruleset.rules):
+            mark_all_routed(self.db)
+            return False
+        with self.db.session() as session:
+            waiting = unrouted(session)
+        if not waiting:
+            return False
+        fired: dict[tuple[int, str], list[Unrouted]] = {}
+        matches_by_key: dict[tuple[int, str], Any] = {}
+        for obj in waiting:
+            header = read_header(obj.path)
+            if header is None:
+                continue
+            for match in ruleset.evaluate(SeriesHeaders.from_datasets([header]), level="instance"):
+                key = (obj.series_id, match.rule.name)
+                fired.setdefault(key, []).append(obj)
+                matches_by_key.setdefault(key, match)
+        now = utcnow()
+        summary = []
+        with self.db.write() as session:
+            for key, objects in fired.items():
+                match = matches_by_key[key]
+                rows = {i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_([o.instance_id for o in objects])))}
+                # A copy replaced since it was read is left for the next pass (its mark is NULL again).
+                current = [o for o in objects if o.instance_id in rows and rows[o.instance_id].version == o.version]
+                if not current:
+                    continue
+                first = current[0]
+                target = Target("instance", f"{first.instance_id}.{first.version}", first.run, first.series_id, first.study_id,
+                                [rows[o.instance_id] for o in current])
+                outcomes = [self.handlers[a.type](session, target, match.rule.name, dict(a.params), now) for a in match.actions]
+                session.add(Dispatch(
+                    level="instance", series_id=first.series_id, study_id=first.study_id, rule_name=match.rule.name,
+                    run_number=first.run, reasons=[f"{len(current)} object(s) as stored"] + list(match.reasons) + outcomes,
+                    created_at=now,
+                ))
+                summary.append(f"series {first.series_uid}: {match.rule.name} ({'; '.join(outcomes)})")
+            mark_routed(session, waiting)
+        if summary:
+            log.info("instance rules: %s", "; ".join(summary))
+            self.on_queued()
+        return len(waiting) >= PASS_LIMIT
 
     def _sweep_completion(self) -> datetime | None:
         now = utcnow()
@@ -174,7 +240,7 @@ class Dispatcher:
             target = Target("series", series.series_instance_uid, run, series.id, series.study_id, list(series.instances))
             summary = self._apply(session, target, headers, now)
             series.state, series.run_count, series.dispatched_at = "dispatched", run, now
-        log.info("series %s run %d: %s", target.uid, run, "; ".join(summary) if summary else "no rule matched")
+        log.info("series %s run %d: %s", target.uid, run, "; ".join(summary) if summary else "no series-level rule matched")
         if summary:
             self.on_queued()
 

@@ -111,6 +111,7 @@ def record_instance(
         series.instance_count += 1
     else:
         instance.version += 1
+        instance.routed_version = None  # the new copy goes through instance-level rules again
         instance.path, instance.size, instance.received_at = path, size, now
         instance.association_id = association_id
         instance.transfer_syntax_uid = header.transfer_syntax_uid

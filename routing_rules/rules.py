@@ -24,7 +24,7 @@ from routing_rules.errors import ExpressionError, SpecError
 from routing_rules.expression import Expression, parse_expression
 from routing_rules.fields import FINDING_ROOT
 
-__all__ = ["Rule", "parse_rule", "RULE_KEYS", "DEFAULT_ORDER", "LEVELS", "STUDY_MATCH_MODES"]
+__all__ = ["Rule", "parse_rule", "RULE_KEYS", "DEFAULT_ORDER", "LEVELS", "INSTANCE_ACTION_TYPES", "STUDY_MATCH_MODES"]
 
 RULE_KEYS = (
     "name",
@@ -40,7 +40,10 @@ RULE_KEYS = (
     "match_any",
     "actions",
 )
-LEVELS = ("series", "study")
+LEVELS = ("instance", "series", "study")
+# What an instance-level rule may do: act on one object as soon as it is stored.  Model
+# actions need a whole series, so they stay at series or study level.
+INSTANCE_ACTION_TYPES = ("forward",)
 STUDY_MATCH_MODES = ("same-series", "any-series")
 DEFAULT_ORDER = 100
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -52,8 +55,10 @@ class Rule:
 
     Attributes:
         name: unique name (letters, digits, ``.``, ``_``, ``-``; at most 64).
-        level: ``"series"`` (evaluated when a series is complete) or
-            ``"study"`` (when the study is complete).
+        level: ``"instance"`` (evaluated on each object as soon as it is
+            stored, before its series is complete: forwarding without
+            waiting for the quiet period), ``"series"`` (when a series is
+            complete) or ``"study"`` (when the study is complete).
         conditions: the ``match`` conditions; all must hold.
         any_groups: the ``match_any`` groups; when there are any, at least one
             group must hold in full as well.
@@ -206,6 +211,29 @@ def _parse_when(table: dict[str, Any], known_models: Collection[str] | None, err
         return None
 
 
+def _instance_level_problems(
+    actions: Sequence[Action], conditions: Sequence[Condition], groups: Sequence[Sequence[Condition]], when: Expression | None,
+) -> list[SpecError]:
+    """Why a rule cannot be judged on one object at a time: a series-wide action, or model findings."""
+    problems = [
+        SpecError(
+            f"action type '{action.type}' needs a whole series; level = \"instance\" allows only "
+            + ", ".join(INSTANCE_ACTION_TYPES), ("actions", i),
+        )
+        for i, action in enumerate(actions) if action.type not in INSTANCE_ACTION_TYPES
+    ]
+    models = {c.field.model for c in conditions if c.field.model is not None}
+    models |= {c.field.model for group in groups for c in group if c.field.model is not None}
+    if when is not None:
+        models |= set(when.finding_models)
+    if models:
+        problems.append(SpecError(
+            f"level = \"instance\" rules are judged before any model runs; they cannot read findings of {', '.join(sorted(models))}",
+            ("level",),
+        ))
+    return problems
+
+
 def parse_rule(table: Any, ctx: ActionContext, registry: ActionRegistry) -> tuple[Rule | None, str | None, list[SpecError]]:
     """Check one rule table.
 
@@ -229,7 +257,7 @@ def parse_rule(table: Any, ctx: ActionContext, registry: ActionRegistry) -> tupl
     description = _expect(table, "description", str, "", "a text", errors)
     level = table.get("level", "series")
     if level not in LEVELS:
-        errors.append(SpecError(f"'level' must be \"series\" or \"study\", not {level!r}", ("level",)))
+        errors.append(SpecError(f"'level' must be \"instance\", \"series\" or \"study\", not {level!r}", ("level",)))
         level = "series"
     enabled = _expect(table, "enabled", bool, True, "true or false", errors)
     order = _expect(table, "order", int, DEFAULT_ORDER, "an integer (smaller runs first)", errors)
@@ -264,6 +292,8 @@ def parse_rule(table: Any, ctx: ActionContext, registry: ActionRegistry) -> tupl
                 actions.append(registry.validate(action, ctx, ("actions", i)))
             except SpecError as exc:
                 errors.append(exc)
+    if level == "instance":
+        errors.extend(_instance_level_problems(actions, conditions, groups, when))
     if errors:
         return None, name, errors
     rule = Rule(

@@ -8,6 +8,9 @@ Evaluation walks the enabled rules of the requested level in order
   evaluated (and fallbacks are not needed, since a rule fired);
 * fallback rules are evaluated only when no ordinary rule fired.
 
+Instance level: the rule's conditions are judged on one object (a
+:class:`SeriesHeaders` of that object alone), as soon as it is stored; such
+rules only forward (see :data:`routing_rules.rules.INSTANCE_ACTION_TYPES`).
 Series level: the rule's conditions are judged on the series' instances.
 Study level: with ``study_match = "same-series"`` (default) the rule fires
 when at least one series of the study satisfies all its conditions ("the
@@ -42,7 +45,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field as dc_field
-from typing import Literal
+from typing import Any, Literal
 
 from routing_rules.actions import Action
 from routing_rules.conditions import Condition
@@ -54,7 +57,7 @@ from routing_rules.rules import Rule
 
 __all__ = ["RuleSet", "RuleMatch", "RuleExplanation", "Status", "Phase"]
 
-Level = Literal["series", "study"]
+Level = Literal["instance", "series", "study"]
 Phase = Literal["headers", "findings"]
 PHASES = ("headers", "findings")
 Status = Literal[
@@ -308,11 +311,12 @@ class RuleSet:
         """The rules of ``level`` and ``phase`` that fire for these headers, in order.
 
         Args:
-            headers: a :class:`SeriesHeaders` for series level; for study
+            headers: a :class:`SeriesHeaders` for series level (of one
+                object for instance level); for study
                 level a :class:`StudyHeaders` (a lone SeriesHeaders is taken
                 as a study of one series).  Findings, if any, are attached to
                 them.
-            level: ``"series"`` or ``"study"``.
+            level: ``"instance"``, ``"series"`` or ``"study"``.
             phase: ``"headers"`` (when the series or study is complete) or
                 ``"findings"`` (when header-fix findings have arrived).
             triggered_by: findings phase only: the models whose findings just
@@ -340,6 +344,25 @@ class RuleSet:
         """A dry run: for every rule, whether it fired and if not, why not (same arguments as :meth:`evaluate`)."""
         return [e for e, _ in self._run(headers, level, True, phase, triggered_by)]
 
+    def explain_instances(self, datasets: Sequence[Any]) -> list[tuple[RuleExplanation, int]]:
+        """A dry run of the instance-level rules over the objects of one series, one object at a time.
+
+        Returns, per instance-level rule, the number of objects it fires for
+        and an explanation: of the first object it does not fire for, or of
+        the first object when it fires for all (empty when there are no
+        instance-level rules or no objects).
+        """
+        summary: dict[str, tuple[RuleExplanation, int]] = {}
+        for dataset in datasets:
+            for explanation in self.explain(SeriesHeaders.from_datasets([dataset]), level="instance"):
+                if explanation.status == "other_level":
+                    continue
+                shown, fired = summary.get(explanation.rule.name, (explanation, 0))
+                if shown.fired and not explanation.fired:
+                    shown = explanation
+                summary[explanation.rule.name] = (shown, fired + explanation.fired)
+        return list(summary.values())
+
     def _run(
         self,
         headers: SeriesHeaders | StudyHeaders,
@@ -348,14 +371,14 @@ class RuleSet:
         phase: Phase = "headers",
         triggered_by: Iterable[str] | None = None,
     ) -> list[tuple[RuleExplanation, tuple[str, ...]]]:
-        if level not in ("series", "study"):
-            raise ValueError(f"level must be 'series' or 'study', not {level!r}")
+        if level not in ("instance", "series", "study"):
+            raise ValueError(f"level must be 'instance', 'series' or 'study', not {level!r}")
         if phase not in PHASES:
             raise ValueError(f"phase must be 'headers' or 'findings', not {phase!r}")
         if triggered_by is not None and phase != "findings":
             raise ValueError("triggered_by applies to the findings phase only")
-        if level == "series" and not isinstance(headers, SeriesHeaders):
-            raise TypeError("series-level evaluation needs a SeriesHeaders")
+        if level in ("instance", "series") and not isinstance(headers, SeriesHeaders):
+            raise TypeError(f"{level}-level evaluation needs a SeriesHeaders")
         if level == "study" and isinstance(headers, SeriesHeaders):
             headers = StudyHeaders([headers])
         if not isinstance(headers, (SeriesHeaders, StudyHeaders)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -76,9 +76,19 @@ class Association(Base):
 
 
 class Instance(Base):
-    """A stored instance.  ``version`` counts copies received under the same UID."""
+    """A stored instance.  ``version`` counts copies received under the same UID.
+
+    ``routed_version`` is the copy that instance-level rules have been
+    applied to; NULL while the latest copy still waits for them (a new
+    instance, or a duplicate that replaced one).  The partial index keeps
+    finding those cheap however many instances the node holds.
+    """
 
     __tablename__ = "instances"
+    __table_args__ = (
+        Index("ix_instances_unrouted", "id", sqlite_where=text("routed_version IS NULL"),
+              postgresql_where=text("routed_version IS NULL")),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
@@ -90,6 +100,7 @@ class Instance(Base):
     association_id: Mapped[int | None] = mapped_column(ForeignKey("associations.id"), index=True, nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
     late: Mapped[bool] = mapped_column(default=False)
+    routed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     series: Mapped[Series] = relationship(back_populates="instances")
 
 

@@ -86,7 +86,7 @@ def with_candidate(current: RuleSet, candidate: Any) -> RuleSet:
 
 
 def explain(ruleset: RuleSet, data: DryRunInput, highlight: str | None = None) -> dict[str, Any]:
-    """Explanations per series (series-level rules) and for the study (study-level rules)."""
+    """Explanations per series (series-level rules, then instance-level ones object by object) and for the study."""
 
     def rows(explanations: list[Any]) -> list[dict[str, Any]]:
         return [
@@ -97,8 +97,15 @@ def explain(ruleset: RuleSet, data: DryRunInput, highlight: str | None = None) -
 
     out: dict[str, Any] = {"input": data.label, "notes": data.notes, "series": [], "study": []}
     for uid, datasets in data.series.items():
+        instance_rules = []
+        for explanation, fired in ruleset.explain_instances(datasets):
+            row = rows([explanation])[0]
+            row.update(text=f"instance level, fires for {fired} of {len(datasets)} object(s): {explanation}",
+                       status="fired" if fired else explanation.status,
+                       actions=[a.to_dict() for a in explanation.rule.actions] if fired else [])
+            instance_rules.append(row)
         out["series"].append({"series_uid": uid, "instances": len(datasets),
-                              "rules": rows(ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series"))})
+                              "rules": rows(ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series")) + instance_rules})
     if any(r.level == "study" for r in ruleset.rules):
         out["study"] = rows(ruleset.explain(StudyHeaders.from_instances(data.study), level="study"))
     fired = [r["rule"] for s in out["series"] for r in s["rules"] if r["status"] == "fired"] + [r["rule"] for r in out["study"] if r["status"] == "fired"]

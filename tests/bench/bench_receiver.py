@@ -17,7 +17,9 @@ a ``sync``).  Per run it reports:
 - for the node only: the forward latency, from storescu's exit (the last
   C-STORE-RSP) until the last object is in the folder of a dcmtk storescp
   that the node forwards every series to (rule ``forward-all``), with the
-  completion quiet period given by ``--quiet-seconds``.
+  completion quiet period given by ``--quiet-seconds``; ``node-instance``
+  runs the same rule at ``level = "instance"``, forwarding each object as it
+  is stored instead of when its series is complete.
 
 Throughput is compared as a *paired* ratio: run i of a receiver divided by
 run i of dcmtk storescp taken moments before or after, because this VM's
@@ -374,6 +376,7 @@ class NodeSCP(Receiver):
     aet: str = "DICOM_NODE"
     fsync: bool = True
     quiet_seconds: float = 1.0
+    forward_level: str = "series"  # "instance": forward each object as stored, not after completion
     node: NodeProcess | None = None
 
     def start(self) -> None:
@@ -382,7 +385,7 @@ class NodeSCP(Receiver):
         self.node = NodeProcess(
             self.workdir / "node", port=self.port, quiet_seconds=self.quiet_seconds,
             destinations={"dest": {"type": "dicom", "ae_title": "FWDSCP", "host": "127.0.0.1", "port": self.destination.port}},
-            rules={"10-forward.toml": forward_rule("dest")},
+            rules={"10-forward.toml": forward_rule("dest").replace('level = "series"', f'level = "{self.forward_level}"')},
         )
         self.node.write_config()
         if not self.fsync:
@@ -437,6 +440,7 @@ RECEIVERS: dict[str, Callable[[Path, float], Receiver]] = {
     "orthanc": lambda wd, q: OrthancSCP(wd),
     "node": lambda wd, q: NodeSCP(wd, quiet_seconds=q),
     "node-nofsync": lambda wd, q: NodeSCP(wd, fsync=False, quiet_seconds=q),
+    "node-instance": lambda wd, q: NodeSCP(wd, quiet_seconds=q, forward_level="instance"),
 }
 REFERENCE = "dcmtk"
 

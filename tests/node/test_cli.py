@@ -76,6 +76,7 @@ def test_rules_test_explains_each_rule_per_series(tmp_path) -> None:
     (tmp_path / "rules" / "r.toml").write_text(
         '[[rule]]\nname = "mr-only"\nlevel = "series"\n[rule.match]\nModality = "MR"\n[[rule.actions]]\ntype = "forward"\ndestinations = ["archive"]\n'
         '[[rule]]\nname = "chest-ct"\nlevel = "series"\n[rule.match]\nModality = "CT"\nBodyPartExamined = ["CHEST", "THORAX"]\n[[rule.actions]]\ntype = "forward"\ndestinations = ["archive"]\n'
+        '[[rule]]\nname = "slice-two"\nlevel = "instance"\n[rule.match]\nInstanceNumber = 2\n[[rule.actions]]\ntype = "forward"\ndestinations = ["archive"]\n'
     )
     config.write_text('[rules]\nfolder = "rules"\n[destinations.archive]\ntype = "folder"\npath = "out"\n')
     write_datasets(chest_ct_series(3, 32), tmp_path / "ct")
@@ -83,6 +84,8 @@ def test_rules_test_explains_each_rule_per_series(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "rule 'chest-ct' fired" in result.stdout
     assert "rule 'mr-only' did not fire" in result.stdout and "'CT'" in result.stdout
+    # judged file by file: the explanation is that of a file it does not fire for
+    assert "instance level, fires for 1 of 3 file(s): rule 'slice-two' did not fire" in result.stdout
 
 
 def test_generate_writes_valid_synthetic_files(tmp_path) -> None:

@@ -82,6 +82,12 @@ def test_dry_run_on_a_stored_series(web_env: WebEnv, tmp_path: Path) -> None:
     assert [(r["rule"], r["status"], r["candidate"]) for r in rows] == [("mr-only", "fired", True), ("all-ct", "fired", False)]
     assert "Modality is 'CT'" in rows[0]["text"]
     assert client.post("/api/rules/_dry-run", json={"series_id": 999}, headers=h).status_code == 404
+    # an instance-level draft is judged object by object
+    now = client.post("/api/rules/_dry-run", json={"series_id": series_id, "text": rule("ct-now", "CT", extra='level = "instance"')},
+                      headers=h).json()
+    (row,) = [r for r in now["series"][0]["rules"] if r["rule"] == "ct-now"]
+    assert row["status"] == "fired" and row["text"].startswith("instance level, fires for 2 of 2 object(s): rule 'ct-now' fired")
+    assert "ct-now" in now["fired"] and row["actions"] == [{"type": "forward", "destinations": ["pacs"]}]
     # the HTML editor does the same from the form, without saving anything
     page = client.post("/rules/mr-only", data={"text": draft, "action": "dry_run", "series_id": str(series_id), "csrf_token": csrf})
     assert page.status_code == 200 and "rule &#39;mr-only&#39; fired" in page.text

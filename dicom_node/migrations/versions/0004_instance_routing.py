@@ -1,0 +1,31 @@
+"""instances.routed_version: which copy instance-level rules have seen
+
+Revision ID: 0004
+Revises: 0003
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("instances") as batch_op:
+        batch_op.add_column(sa.Column("routed_version", sa.Integer(), nullable=True))
+    # Everything stored before instance-level rules existed counts as routed: a new rule
+    # must not forward the archive the first time a late object touches an old series.
+    op.execute("UPDATE instances SET routed_version = version")
+    op.create_index(
+        "ix_instances_unrouted", "instances", ["id"],
+        sqlite_where=sa.text("routed_version IS NULL"), postgresql_where=sa.text("routed_version IS NULL"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_instances_unrouted", table_name="instances")
+    with op.batch_alter_table("instances") as batch_op:
+        batch_op.drop_column("routed_version")
