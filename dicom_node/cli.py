@@ -137,6 +137,9 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
             "studies": session.scalar(select(func.count()).select_from(Study)),
             "series": dict(session.execute(select(Series.state, func.count()).group_by(Series.state)).all()),
             "instances": session.scalar(select(func.count()).select_from(Instance)),
+            # stored, not yet through the instance-level rules (normally drained within a sweep)
+            "instances_awaiting_instance_rules": session.scalar(
+                select(func.count()).select_from(Instance).where(Instance.routed_version.is_(None))),
             "deliveries": dict(session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()),
             "jobs": dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all()),
         }
@@ -174,7 +177,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, default=str))
         return EXIT_OK
     c = report["counts"]
-    print(f"studies {c['studies']}, instances {c['instances']}")
+    awaiting = c["instances_awaiting_instance_rules"]
+    print(f"studies {c['studies']}, instances {c['instances']}" + (f" ({awaiting} awaiting instance-level rules)" if awaiting else ""))
     print("series: " + (", ".join(f"{k} {v}" for k, v in sorted(c["series"].items())) or "none"))
     print("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(c["deliveries"].items())) or "none"))
     print("model jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(c["jobs"].items())) or "none"))
@@ -262,7 +266,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         first = datasets[0]
         print(f"series {series_uid} ({first.get('Modality', '?')}, {len(datasets)} file(s), {first.get('SeriesDescription', '')!s})")
         for explanation in ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series"):
-            print(f"  {explanation}")
+            if explanation.rule.level != "instance":  # those are judged file by file below
+                print(f"  {explanation}")
         for explanation, fired in ruleset.explain_instances(datasets):
             print(f"  instance level, fires for {fired} of {len(datasets)} file(s): {explanation}")
     for error in ruleset.errors:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from pydicom.dataset import Dataset
 from sqlalchemy import select
@@ -28,6 +28,9 @@ from dicom_node.db import Database, Delivery, DeliveryItem, Dispatch, Instance, 
 from dicom_node.delivery import enqueue, utcnow
 from dicom_node.header_readahead import HeaderReadahead, read_header
 from dicom_node.instance_routing import PASS_LIMIT, Unrouted, mark_all_routed, mark_routed, unrouted
+
+if TYPE_CHECKING:
+    from routing_rules.ruleset import RuleMatch
 
 log = logging.getLogger("dicom_node.dispatcher")
 
@@ -129,7 +132,7 @@ class Dispatcher:
         if not waiting:
             return False
         fired: dict[tuple[int, str], list[Unrouted]] = {}
-        matches_by_key: dict[tuple[int, str], Any] = {}
+        matches_by_key: dict[tuple[int, str], RuleMatch] = {}
         for obj in waiting:
             header = read_header(obj.path)
             if header is None:

@@ -137,7 +137,8 @@ class RuleExplanation:
         if self.status == "disabled":
             return f"{name} is disabled"
         if self.status == "other_level":
-            return f"{name} is a {self.rule.level}-level rule: not evaluated here"
+            article = "an" if self.rule.level == "instance" else "a"
+            return f"{name} is {article} {self.rule.level}-level rule: not evaluated here"
         if self.status == "stopped":
             return f"{name} was not evaluated: rule '{self.stopped_by}' fired and has stop = true"
         models = ", ".join(sorted(self.rule.finding_models))

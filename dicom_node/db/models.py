@@ -161,7 +161,8 @@ class DeliveryItem(Base):
     __table_args__ = (Index("ix_delivery_items_delivery_state", "delivery_id", "state"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"))
-    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    # indexed: every forward checks which copies a destination already has, by UID
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
     path: Mapped[str] = mapped_column(Text)
     instance_version: Mapped[int] = mapped_column(Integer, default=1)
     state: Mapped[str] = mapped_column(String(16), default="pending")

@@ -7,6 +7,7 @@ out a long quiet period.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -183,3 +184,6 @@ def test_objects_reach_the_destination_while_the_series_waits_out_its_quiet_peri
     assert {row[0] for row in node_db_rows(node, "select state from series")} == {"receiving"}
     assert node_db_rows(node, "select count(*) from dispatches where level = 'instance'")[0][0] == len(dx)
     assert "instance rules: series" in node.log_text()
+    status = node.cli("status", "--json")
+    assert status.returncode == 0
+    assert json.loads(status.stdout)["counts"]["instances_awaiting_instance_rules"] == 0

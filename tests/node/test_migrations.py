@@ -50,6 +50,9 @@ def test_upgrade_to_instance_routing_counts_stored_objects_as_routed(tmp_path: P
         rows = conn.execute(text("SELECT version, routed_version FROM instances ORDER BY id")).all()
         plan = " ".join(r[-1] for r in conn.execute(text(
             "EXPLAIN QUERY PLAN SELECT id FROM instances WHERE routed_version IS NULL ORDER BY id LIMIT 5")).all())
+        already_sent = " ".join(r[-1] for r in conn.execute(text(
+            "EXPLAIN QUERY PLAN SELECT instance_version FROM delivery_items WHERE sop_instance_uid IN ('1.2.3.1')")).all())
     engine.dispose()
     assert [tuple(r) for r in rows] == [(1, 1), (2, 2)]
     assert "ix_instances_unrouted" in plan  # waiting objects are found without reading the whole table
+    assert "ix_delivery_items_sop_instance_uid" in already_sent  # nor every delivery item, per forward

@@ -51,3 +51,15 @@ def test_an_instance_rule_cannot_read_findings(match: str) -> None:
 def test_unknown_level_names_all_three() -> None:
     rs = parse_rules_text(rule_text('Modality = "CT"', extra='level = "image"'), destinations=DESTINATIONS)
     assert any('"instance", "series" or "study"' in e.message for e in rs.errors)
+
+
+def test_the_documented_example_forwards_chest_radiographs_one_by_one() -> None:
+    from tests.routing.test_rules_docs import doc_rules
+
+    rs = doc_rules()
+    assert rs.get("dx-to-pacs-now").level == "instance"
+    chest_dx = SeriesHeaders([{"Modality": "DX", "BodyPartExamined": "CHEST"}])
+    assert "dx-to-pacs-now" in {m.rule.name for m in rs.evaluate(chest_dx, level="instance")}
+    assert "dx-to-pacs-now" not in {m.rule.name for m in rs.evaluate(chest_dx, level="series")}
+    knee = SeriesHeaders([{"Modality": "DX", "BodyPartExamined": "KNEE"}])
+    assert "dx-to-pacs-now" not in {m.rule.name for m in rs.evaluate(knee, level="instance")}
