@@ -47,10 +47,8 @@ def restart(node) -> None:  # type: ignore[no-untyped-def]
     wait_port(node.port, 60, node.proc)
 
 
-def test_sigkill_during_reception_keeps_every_acknowledged_instance(make_node, scp) -> None:
-    node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}},
-                     rules={"f.toml": forward_rule("scp")})
-    series = chest_ct_series(80, 128, seed=7)
+def send_and_kill(node, series: list, kill_after: int) -> list[str]:  # type: ignore[no-untyped-def]
+    """Send ``series`` on one association; SIGKILL the node after ``kill_after`` successes. Returns the acknowledged UIDs."""
     acked: list[str] = []
     killed = threading.Event()
 
@@ -66,7 +64,7 @@ def test_sigkill_during_reception_keeps_every_acknowledged_instance(make_node, s
                 acked.append(str(ds.SOPInstanceUID))
             else:
                 break
-            if len(acked) == 25:
+            if len(acked) == kill_after:
                 node.kill()  # SIGKILL the whole node mid-association
                 killed.set()
         if assoc.is_established:
@@ -75,7 +73,15 @@ def test_sigkill_during_reception_keeps_every_acknowledged_instance(make_node, s
     thread = threading.Thread(target=sender)
     thread.start()
     thread.join(120)
-    assert killed.is_set() and 25 <= len(acked) < len(series)
+    assert killed.is_set() and kill_after <= len(acked) < len(series)
+    return acked
+
+
+def test_sigkill_during_reception_keeps_every_acknowledged_instance(make_node, scp) -> None:
+    node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}},
+                     rules={"f.toml": forward_rule("scp")})
+    series = chest_ct_series(80, 128, seed=7)
+    acked = send_and_kill(node, series, 25)
 
     restart(node)
     stored = {row[0] for row in node_db_rows(node, "select sop_instance_uid from instances")}
@@ -90,6 +96,29 @@ def test_sigkill_during_reception_keeps_every_acknowledged_instance(make_node, s
     duplicates = sum(n - 1 for n in counts.values())
     possible = sum(r[0] for r in node_db_rows(node, "select possible_duplicates from deliveries"))
     assert duplicates <= possible, f"{duplicates} duplicate(s) at the destination, {possible} counted"
+
+
+def test_sigkill_while_forwarding_as_stored_forwards_every_stored_object_once(make_node, scp) -> None:
+    """Instance-level rule: objects are forwarded during reception, so the kill lands amid routing and sending."""
+    node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}},
+                     rules={"f.toml": forward_rule("scp").replace('level = "series"', 'level = "instance"')},
+                     quiet_seconds=60.0)
+    series = chest_ct_series(80, 256, seed=9)
+    acked = send_and_kill(node, series, 40)
+    early = set(arrivals(scp))
+    assert early, "nothing was forwarded before the kill; the test would not cover routing under a crash"
+
+    restart(node)
+    stored = {row[0] for row in node_db_rows(node, "select sop_instance_uid from instances")}
+    assert set(acked) <= stored, "an acknowledged instance was lost"
+    counts = wait_for(lambda: (lambda c: c if set(c) >= stored else None)(arrivals(scp)), timeout=60)
+    time.sleep(1.0)  # anything still in flight would show up as an extra copy
+    counts = arrivals(scp)
+    assert set(counts) == stored  # every stored object, nothing that was not stored
+    duplicates = sum(n - 1 for n in counts.values())
+    possible = sum(r[0] for r in node_db_rows(node, "select possible_duplicates from deliveries"))
+    assert duplicates <= possible, f"{duplicates} duplicate(s) at the destination, {possible} counted"
+    assert node_db_rows(node, "select count(*) from instances where routed_version is null") == [(0,)]
 
 
 def test_sigkill_during_delivery_resumes_and_delivers_once(make_node, scp, tmp_path) -> None:
