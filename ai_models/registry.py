@@ -3,10 +3,20 @@
 Models register themselves with :func:`register` when their module is
 imported; :func:`_import_builtin_models` imports the built-in ones lazily so
 that ``import ai_models`` stays cheap (no torch import until a model is used).
+
+A process that only needs to know the models (to check rules, list them)
+but never runs one can use :class:`CatalogChild`: the
+modules, and torch with them, are imported in a short-lived child and only
+the descriptions come back.  The node's main process does this; its model
+jobs run in worker processes that import the models themselves.
 """
 from __future__ import annotations
 
 import importlib
+import logging
+import pickle
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
@@ -72,7 +82,9 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "ai_models.brain.blackblood",
 )
 _imported = False
+_catalog_only = False  # descriptions came from a CatalogChild; modules not imported here
 IMPORT_ERRORS: dict[str, str] = {}
+log = logging.getLogger("ai_models.registry")
 
 
 def register(info: ModelInfo, factory: Callable[..., "Model"]) -> None:
@@ -96,14 +108,84 @@ def _import_builtin_models() -> None:
             IMPORT_ERRORS[module] = f"{type(exc).__name__}: {exc}"
 
 
+def _deferred_factory(name: str) -> Callable[..., "Model"]:
+    """A factory for a model known from the catalog only: imports the model modules at first use."""
+
+    def factory(*args: Any, **kwargs: Any) -> "Model":
+        global _catalog_only
+        _catalog_only = False
+        _import_builtin_models()  # the model's module registers its real factory over this one
+        real = _REGISTRY[name][1]
+        if real is factory:
+            raise ModelError(f"model {name!r} is in the catalog but its module did not register it: {IMPORT_ERRORS or 'no error'}")
+        return real(*args, **kwargs)
+
+    return factory
+
+
+def _write_catalog() -> None:
+    """Child side of :class:`CatalogChild`: the descriptions and import errors, pickled to stdout."""
+    _import_builtin_models()
+    sys.stdout.buffer.write(pickle.dumps(([info for info, _ in _REGISTRY.values()], dict(IMPORT_ERRORS))))
+
+
+class CatalogChild:
+    """Learn the built-in models' descriptions without importing torch in this process.
+
+    The model modules import torch and the networks' code, about 300 MiB
+    resident, for a process that only needs names, options and output
+    kinds.  The child starts at construction, so the caller can do other
+    start-up work while it imports; :meth:`apply` waits for it and fills
+    the registry.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        if _imported:
+            return  # already imported here: nothing to gain
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", "from ai_models.registry import _write_catalog; _write_catalog()"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            log.warning("model catalog: cannot start the child process (%s); importing the models here", exc)
+
+    def apply(self, timeout: float = 300.0) -> bool:
+        """Wait for the child and register what it found; False (models imported here when needed) if it failed."""
+        global _catalog_only
+        if self._proc is None:
+            return _imported
+        try:
+            out, err = self._proc.communicate(timeout=timeout)
+            if self._proc.returncode != 0:
+                raise RuntimeError(f"exit code {self._proc.returncode}: {err.decode(errors='replace')[-300:]}")
+            infos, errors = pickle.loads(out)  # our own child's output
+        except (subprocess.SubprocessError, pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as exc:
+            self._proc.kill()
+            log.warning("model catalog: the child process failed (%s); importing the models here", exc)
+            return False
+        for info in infos:
+            _REGISTRY.setdefault(info.name, (info, _deferred_factory(info.name)))
+        IMPORT_ERRORS.update(errors)
+        _catalog_only = True
+        return True
+
+
+def _known() -> None:
+    """Make the built-in models known: from the catalog if one was loaded, else by importing them."""
+    if not _catalog_only:
+        _import_builtin_models()
+
+
 def available_models() -> list[ModelInfo]:
     """All registered models, sorted by name."""
-    _import_builtin_models()
+    _known()
     return [info for info, _ in sorted(_REGISTRY.values(), key=lambda item: item[0].name)]
 
 
 def get_info(name: str) -> ModelInfo:
-    _import_builtin_models()
+    _known()
     try:
         return _REGISTRY[name][0]
     except KeyError:

@@ -126,6 +126,7 @@ class Node:
         return process
 
     def run(self) -> int:
+        from ai_models.registry import CatalogChild
         from apscheduler.schedulers.background import BackgroundScheduler
 
         from dicom_node.db import Database
@@ -139,10 +140,21 @@ class Node:
         config = self.config
         setup_logging(config.log_level)
         log.info("dicom-node %s starting (config %s)", __version__, self.config_path)
+        # This process checks model actions in rules but never runs a model (job workers do): it needs the
+        # models' descriptions, not torch, which would be most of its memory. They are read in a child
+        # process, which imports while the database is migrated and recovered and the receiver starts.
+        catalog = CatalogChild()
         db = Database(config.database_url)
         spool = Spool(config.storage.spool, fsync=config.storage.fsync)
         recover(config, db, spool)
-        rules = open_rule_source(config, db)  # web admin hook: [rules] source, plus self-test rules
+        receiver = self._start_receiver()
+        try:
+            catalog.apply()
+            rules = open_rule_source(config, db)  # web admin hook: [rules] source, plus self-test rules
+        except BaseException:
+            receiver.terminate()
+            receiver.join(15)
+            raise
         workers = DeliveryWorkers(db, config)
         dispatcher = Dispatcher(config, db, rules, on_queued=workers.wake)
         logging.getLogger("apscheduler.scheduler").addFilter(_CoalescedSweepFilter())
@@ -156,7 +168,6 @@ class Node:
         scheduler.add_job(rules.reload_if_changed, "interval", seconds=2, id="rules-reload")
         supervisor = JobSupervisor(self.config_path, config, db)
         scheduler.add_job(supervisor.check, "interval", seconds=1, id="job-supervisor")
-        receiver = self._start_receiver()
         if not _wait_for_port(config.bind, config.port, 30):
             log.error("receiver did not start listening on %s:%d", config.bind, config.port)
             receiver.terminate()

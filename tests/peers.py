@@ -221,6 +221,8 @@ poll_seconds = 0.1
             stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir,
         )
         wait_port(self.port, 60, self.proc)
+        # The receiver listens before the dispatcher runs; tests that time routing wait for both.
+        wait_for(lambda: " ready: " in self.log_text() or self.proc.poll() is not None, timeout=60, interval=0.05)
         return self
 
     def log_text(self) -> str:

@@ -136,6 +136,8 @@ def test_ct_and_dx_studies_come_back_with_sr_seg_erased_and_corrected_copies(mak
         assert refs <= ct_uids | {str(dx.SOPInstanceUID), str(seg.SOPInstanceUID)} and refs
     status = node.cli("status")
     assert "model jobs: done 3" in status.stdout
+    # The models ran in job workers; the main process checked the model rules from the catalog alone.
+    assert "libtorch" not in Path(f"/proc/{node.proc.pid}/maps").read_text()
 
 
 def test_missing_weights_fail_the_job_with_a_clear_reason_and_reception_goes_on(make_node, tmp_path) -> None:
