@@ -12,6 +12,7 @@ jobs run in worker processes that import the models themselves.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import pickle
@@ -125,7 +126,8 @@ def _deferred_factory(name: str) -> Callable[..., "Model"]:
 
 def _write_catalog() -> None:
     """Child side of :class:`CatalogChild`: the descriptions and import errors, pickled to stdout."""
-    _import_builtin_models()
+    with contextlib.redirect_stdout(sys.stderr):  # whatever a module prints must not corrupt the pickle
+        _import_builtin_models()
     sys.stdout.buffer.write(pickle.dumps(([info for info, _ in _REGISTRY.values()], dict(IMPORT_ERRORS))))
 
 

@@ -148,26 +148,26 @@ class Node:
         spool = Spool(config.storage.spool, fsync=config.storage.fsync)
         recover(config, db, spool)
         receiver = self._start_receiver()
-        try:
+        try:  # a failure from here on must not leave the receiver running (and this process waiting for it)
             catalog.apply()
             rules = open_rule_source(config, db)  # web admin hook: [rules] source, plus self-test rules
+            workers = DeliveryWorkers(db, config)
+            dispatcher = Dispatcher(config, db, rules, on_queued=workers.wake)
+            logging.getLogger("apscheduler.scheduler").addFilter(_CoalescedSweepFilter())
+            scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 5})
+            def sweep() -> None:
+                next_fire = dispatcher.sweep()
+                if next_fire is not None:
+                    _pull_forward(scheduler, "completion-sweep", next_fire)
+
+            scheduler.add_job(sweep, "interval", seconds=0.25, id="completion-sweep")
+            scheduler.add_job(rules.reload_if_changed, "interval", seconds=2, id="rules-reload")
+            supervisor = JobSupervisor(self.config_path, config, db)
+            scheduler.add_job(supervisor.check, "interval", seconds=1, id="job-supervisor")
         except BaseException:
             receiver.terminate()
             receiver.join(15)
             raise
-        workers = DeliveryWorkers(db, config)
-        dispatcher = Dispatcher(config, db, rules, on_queued=workers.wake)
-        logging.getLogger("apscheduler.scheduler").addFilter(_CoalescedSweepFilter())
-        scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 5})
-        def sweep() -> None:
-            next_fire = dispatcher.sweep()
-            if next_fire is not None:
-                _pull_forward(scheduler, "completion-sweep", next_fire)
-
-        scheduler.add_job(sweep, "interval", seconds=0.25, id="completion-sweep")
-        scheduler.add_job(rules.reload_if_changed, "interval", seconds=2, id="rules-reload")
-        supervisor = JobSupervisor(self.config_path, config, db)
-        scheduler.add_job(supervisor.check, "interval", seconds=1, id="job-supervisor")
         if not _wait_for_port(config.bind, config.port, 30):
             log.error("receiver did not start listening on %s:%d", config.bind, config.port)
             receiver.terminate()

@@ -72,8 +72,11 @@ def postgres_url():  # type: ignore[no-untyped-def]
 def test_node_on_postgresql_receives_from_concurrent_senders_and_forwards(make_node, postgres_url, tmp_path) -> None:
     scp = StoreSCP(tmp_path / "scp-in").start()
     try:
-        node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}},
-                         rules={"f.toml": forward_rule("scp")})
+        copies = tmp_path / "as-stored"
+        as_stored = forward_rule("copies").replace('name = "forward-all"', 'name = "as-stored"').replace('level = "series"', 'level = "instance"')
+        node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port},
+                                       "copies": {"type": "folder", "path": str(copies)}},
+                         rules={"f.toml": forward_rule("scp"), "i.toml": as_stored})
         node.stop()
         node.config_path.write_text(node.config_path.read_text().replace('url = "sqlite:///node.db"', f'url = "{postgres_url}"'))
         node.start()
@@ -96,11 +99,19 @@ def test_node_on_postgresql_receives_from_concurrent_senders_and_forwards(make_n
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the last item is committed just after storescp wrote it
             with engine.connect() as conn:
-                states = conn.execute(sqlalchemy.text("select state, count(*) from deliveries group by state")).all()
+                states = conn.execute(sqlalchemy.text(
+                    "select state, count(*) from deliveries where rule_name = 'forward-all' group by state")).all()
             if states == [("delivered", 3)]:
                 break
             time.sleep(0.2)
         assert states == [("delivered", 3)]
+        # the instance-level rule copied every object as it was stored, each once (partial index on PostgreSQL too)
+        deadline = time.monotonic() + 30
+        while len([p for p in copies.rglob("*.dcm")]) < expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len([p for p in copies.rglob("*.dcm")]) == expected
+        with engine.connect() as conn:
+            assert conn.execute(sqlalchemy.text("select count(*) from instances where routed_version is null")).scalar() == 0
         engine.dispose()
     finally:
         scp.stop()
