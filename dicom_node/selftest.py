@@ -312,8 +312,12 @@ def execute(
         explanations = ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series")
         explanation = next(e for e in explanations if e.rule.name == rule_name)
         notes.append(f"the chosen rule itself on this synthetic CT: {explanation}")
+    elif chosen is not None and chosen.level == "instance":
+        fired = next((count for e, count in ruleset.explain_instances(datasets) if e.rule.name == rule_name), 0)
+        notes.append(f"the chosen rule itself fires for {fired} of {len(datasets)} objects of this synthetic CT; "
+                     "the temporary copy routes the test series at series level")
     elif chosen is not None:
-        notes.append(f"rule {rule_name} is a study-level rule; the temporary copy routes the test series at series level")
+        notes.append(f"rule {rule_name} is a {chosen.level}-level rule; the temporary copy routes the test series at series level")
     _update(db, run_id, series_uid=str(datasets[0].SeriesInstanceUID), notes=notes)
 
     deadline = time.monotonic() + activation_timeout

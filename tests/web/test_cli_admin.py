@@ -55,11 +55,13 @@ def test_rules_import_export_commands(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.peers
-def test_selftest_command_against_a_folder_rules_node(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", ["series", "instance"])
+def test_selftest_command_against_a_folder_rules_node(tmp_path: Path, level: str) -> None:
     """The folder rule source gets the self-test overlay too; the command prints each step and exits 0."""
     archive = tmp_path / "archive"
+    rule = RULE.format(name="mr-only").replace('"CT"', '"MR"').replace("\n\n[rule.match]", f'\nlevel = "{level}"\n\n[rule.match]')
     node = NodeProcess(tmp_path / "node", destinations={"archive": {"type": "folder", "path": str(archive)}},
-                       rules={"10-mr.toml": RULE.format(name="mr-only").replace('"CT"', '"MR"')},
+                       rules={"10-mr.toml": rule},
                        extra_config="[web]\nenabled = false\n", quiet_seconds=0.5)
     node.write_config()
     node.start()
@@ -74,7 +76,10 @@ def test_selftest_command_against_a_folder_rules_node(tmp_path: Path) -> None:
     for step in ("rule loaded by the node", "sent (C-STORE to the node)", "received and stored", "series complete",
                  "dispatched by the rule", "delivered to archive"):
         assert any(step in line and " done " in line for line in lines), (step, done.stdout)
-    assert "rule 'mr-only' did not fire: Modality is 'CT', wanted 'MR'" in done.stdout  # the real rule would not match the CT
+    if level == "series":  # the real rule would not match the CT
+        assert "rule 'mr-only' did not fire: Modality is 'CT', wanted 'MR'" in done.stdout
+    else:
+        assert "the chosen rule itself fires for 0 of 3 objects of this synthetic CT" in done.stdout
     assert lines[-1] == "passed"
     assert len(list(archive.rglob("*.dcm"))) == 3
     assert "web: admin app" not in node.log_text()  # [web] enabled = false
