@@ -131,22 +131,19 @@ class Dispatcher:
             waiting = unrouted(session)
         if not waiting:
             return False
-        fired: dict[tuple[int, str], list[Unrouted]] = {}
-        matches_by_key: dict[tuple[int, str], RuleMatch] = {}
+        fired: dict[tuple[int, str], tuple["RuleMatch", list[Unrouted]]] = {}
         for obj in waiting:
             header = read_header(obj.path)
             if header is None:
                 continue
             for match in ruleset.evaluate(SeriesHeaders.from_datasets([header]), level="instance"):
-                key = (obj.series_id, match.rule.name)
-                fired.setdefault(key, []).append(obj)
-                matches_by_key.setdefault(key, match)
+                fired.setdefault((obj.series_id, match.rule.name), (match, []))[1].append(obj)
         now = utcnow()
         summary = []
         with self.db.write() as session:
-            for key, objects in fired.items():
-                match = matches_by_key[key]
-                rows = {i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_([o.instance_id for o in objects])))}
+            matched = {o.instance_id for _, objects in fired.values() for o in objects}
+            rows = {i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_(matched)))} if matched else {}
+            for match, objects in fired.values():
                 # A copy replaced since it was read is left for the next pass (its mark is NULL again).
                 current = [o for o in objects if o.instance_id in rows and rows[o.instance_id].version == o.version]
                 if not current:
@@ -154,13 +151,8 @@ class Dispatcher:
                 first = current[0]
                 target = Target("instance", f"{first.instance_id}.{first.version}", first.run, first.series_id, first.study_id,
                                 [rows[o.instance_id] for o in current])
-                outcomes = [self.handlers[a.type](session, target, match.rule.name, dict(a.params), now) for a in match.actions]
-                session.add(Dispatch(
-                    level="instance", series_id=first.series_id, study_id=first.study_id, rule_name=match.rule.name,
-                    run_number=first.run, reasons=[f"{len(current)} object(s) as stored"] + list(match.reasons) + outcomes,
-                    created_at=now,
-                ))
-                summary.append(f"series {first.series_uid}: {match.rule.name} ({'; '.join(outcomes)})")
+                done = self._act(session, target, match, now, note=f"{len(current)} object(s) as stored")
+                summary.append(f"series {first.series_uid}: {done}")
             mark_routed(session, waiting)
         if summary:
             log.info("instance rules: %s", "; ".join(summary))
@@ -210,22 +202,23 @@ class Dispatcher:
             matches = ruleset.evaluate(view, level=target.level)
         else:
             matches = ruleset.evaluate(view, level=target.level, phase="findings", triggered_by=triggered_by)
-        summary = []
-        for match in matches:
-            outcomes = []
-            for action in match.actions:
-                handler = self.handlers.get(action.type)
-                if handler is None:
-                    outcomes.append(f"action type {action.type!r} not available in this node")
-                    log.error("rule %s: action type %r has no handler", match.rule.name, action.type)
-                    continue
-                outcomes.append(handler(session, target, match.rule.name, dict(action.params), now))
-            session.add(Dispatch(
-                level=target.level, series_id=target.series_id, study_id=target.study_id, rule_name=match.rule.name,
-                run_number=target.run, reasons=list(match.reasons) + outcomes, created_at=now,
-            ))
-            summary.append(f"{match.rule.name} ({'; '.join(outcomes)})")
-        return summary
+        return [self._act(session, target, match, now) for match in matches]
+
+    def _act(self, session: Session, target: Target, match: "RuleMatch", now: datetime, note: str | None = None) -> str:
+        """Run a fired rule's actions on ``target`` and record the dispatch (audit trail); returns a summary."""
+        outcomes = []
+        for action in match.actions:
+            handler = self.handlers.get(action.type)
+            if handler is None:
+                outcomes.append(f"action type {action.type!r} not available in this node")
+                log.error("rule %s: action type %r has no handler", match.rule.name, action.type)
+                continue
+            outcomes.append(handler(session, target, match.rule.name, dict(action.params), now))
+        session.add(Dispatch(
+            level=target.level, series_id=target.series_id, study_id=target.study_id, rule_name=match.rule.name,
+            run_number=target.run, reasons=([note] if note else []) + list(match.reasons) + outcomes, created_at=now,
+        ))
+        return f"{match.rule.name} ({'; '.join(outcomes)})"
 
     def dispatch_series(self, series_id: int) -> None:
         with self.db.session() as session:

@@ -385,7 +385,7 @@ class NodeSCP(Receiver):
         self.node = NodeProcess(
             self.workdir / "node", port=self.port, quiet_seconds=self.quiet_seconds,
             destinations={"dest": {"type": "dicom", "ae_title": "FWDSCP", "host": "127.0.0.1", "port": self.destination.port}},
-            rules={"10-forward.toml": forward_rule("dest").replace('level = "series"', f'level = "{self.forward_level}"')},
+            rules={"10-forward.toml": forward_rule("dest", level=self.forward_level)},
         )
         self.node.write_config()
         if not self.fsync:

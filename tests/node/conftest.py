@@ -10,8 +10,8 @@ from tests.peers import NodeProcess
 
 FORWARD_ALL = """
 [[rule]]
-name = "forward-all"
-level = "series"
+name = "{name}"
+level = "{level}"
 [rule.match]
 SOPInstanceUID = {{ present = true }}
 [[rule.actions]]
@@ -20,10 +20,10 @@ destinations = {destinations}
 """
 
 
-def forward_rule(*destinations: str) -> str:
+def forward_rule(*destinations: str, level: str = "series", name: str = "forward-all") -> str:
     import json
 
-    return FORWARD_ALL.format(destinations=json.dumps(list(destinations)))
+    return FORWARD_ALL.format(destinations=json.dumps(list(destinations)), level=level, name=name)
 
 
 @pytest.fixture

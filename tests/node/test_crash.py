@@ -102,7 +102,7 @@ def test_sigkill_during_reception_keeps_every_acknowledged_instance(make_node, s
 def test_sigkill_while_forwarding_as_stored_forwards_every_stored_object_once(make_node, scp) -> None:
     """Instance-level rule: objects are forwarded during reception, so the kill lands amid routing and sending."""
     node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}},
-                     rules={"f.toml": forward_rule("scp").replace('level = "series"', 'level = "instance"')},
+                     rules={"f.toml": forward_rule("scp", level="instance")},
                      quiet_seconds=60.0)
     series = chest_ct_series(80, 256, seed=9)
     # killed amid routing and sending: after the first forwarded objects are at the destination

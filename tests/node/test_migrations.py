@@ -5,20 +5,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
 from dicom_node.db import Database
-from dicom_node.db.engine import MIGRATIONS
+from dicom_node.db.engine import alembic_config
 from dicom_node.db.models import Base
-
-
-def _alembic(url: str) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url)
-    return cfg
 
 
 def test_migrated_schema_matches_the_models(tmp_path: Path) -> None:
@@ -31,7 +23,7 @@ def test_migrated_schema_matches_the_models(tmp_path: Path) -> None:
 
 def test_upgrade_to_instance_routing_counts_stored_objects_as_routed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'node.db'}"
-    command.upgrade(_alembic(url), "0003")
+    command.upgrade(alembic_config(url), "0003")
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO studies (id, study_instance_uid, state, first_received_at, last_received_at, run_count) "

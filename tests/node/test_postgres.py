@@ -20,14 +20,11 @@ pytestmark = [pytest.mark.peers, pytest.mark.postgres]
 
 
 def _alembic_head() -> str:
-    from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from dicom_node.db.engine import MIGRATIONS
+    from dicom_node.db.engine import alembic_config
 
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def _pg_bin() -> Path | None:
@@ -73,7 +70,7 @@ def test_node_on_postgresql_receives_from_concurrent_senders_and_forwards(make_n
     scp = StoreSCP(tmp_path / "scp-in").start()
     try:
         copies = tmp_path / "as-stored"
-        as_stored = forward_rule("copies").replace('name = "forward-all"', 'name = "as-stored"').replace('level = "series"', 'level = "instance"')
+        as_stored = forward_rule("copies", level="instance", name="as-stored")
         node = make_node(destinations={"scp": {"type": "dicom", "ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port},
                                        "copies": {"type": "folder", "path": str(copies)}},
                          rules={"f.toml": forward_rule("scp"), "i.toml": as_stored})
