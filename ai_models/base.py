@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ai_models.registry import ModelInfo
+from ai_models.info import ModelInfo
 from ai_models.results import Result
 
 

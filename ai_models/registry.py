@@ -18,52 +18,14 @@ import logging
 import pickle
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ai_models.errors import ModelError, WeightError
+from ai_models.info import ModelInfo
 
 if TYPE_CHECKING:
     from ai_models.base import Model
-
-WeightFormat = Literal["keras_h5", "torch_pickle"]
-InputKind = Literal["image", "series"]
-OutputKind = Literal["classification", "detection", "segmentation"]
-
-
-@dataclass(frozen=True)
-class WeightSpec:
-    """One weight file a model needs.  ``key`` names it in configuration."""
-
-    key: str
-    format: WeightFormat
-    description: str
-    original_name: str = ""
-    optional: bool = False
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a model does, what it accepts, and what it needs to run."""
-
-    name: str
-    task: str
-    modalities: tuple[str, ...]
-    input_kind: InputKind
-    output_kind: OutputKind
-    version: str
-    description: str
-    weights: tuple[WeightSpec, ...] = ()
-    labels: tuple[str, ...] = ()
-    header_fix: str | None = None
-    caveats: tuple[str, ...] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def needs_weights(self) -> bool:
-        return any(not w.optional for w in self.weights)
-
 
 _REGISTRY: dict[str, tuple[ModelInfo, Callable[..., "Model"]]] = {}
 

@@ -39,8 +39,12 @@ findings::
 
 ``RuleSet.explain`` gives, for every rule, whether it fired and, if not, the
 first failing condition with the actual values.  The format is documented in
-``docs/rules.md``.  Action types other than ``forward`` are registered by the
-host with :func:`register_action_type`.
+``docs/rules.md``.  Action types other than ``forward`` are added by the host
+to a registry of its own, passed to every loader (``registry=``); a loader
+given none accepts ``forward`` only::
+
+    ACTIONS = builtin_registry().with_type("model", check_model)
+    store = RulesStore("rules/", destinations={"pacs"}, registry=ACTIONS)
 """
 
 from routing_rules.actions import (
@@ -48,10 +52,7 @@ from routing_rules.actions import (
     ActionContext,
     ActionRegistry,
     ActionValidator,
-    default_registry,
-    register_action_type,
-    registered_action_types,
-    unregister_action_type,
+    builtin_registry,
 )
 from routing_rules.conditions import OPERATORS, Condition
 from routing_rules.dump import dump_rules
@@ -84,14 +85,11 @@ __all__ = [
     "SeriesHeaders",
     "StudyHeaders",
     "ValueKind",
-    "default_registry",
+    "builtin_registry",
     "dump_rules",
     "load_rules",
     "parse_expression",
     "parse_rules_text",
-    "register_action_type",
-    "registered_action_types",
     "resolve_field",
     "rule_files",
-    "unregister_action_type",
 ]

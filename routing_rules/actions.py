@@ -2,14 +2,21 @@
 
 The library knows the common shape of an action (a table with a ``type``)
 and one built-in type, ``forward``.  Everything else (the node's ``model``
-action, for example) is registered by the host application::
+action, for example) is added by the host application to a registry of its
+own, which it passes to every loader::
 
     def check_model(params, ctx):
         ctx.reject_unknown_keys(params, {"model", "options", "destinations"})
         ...
         return {"model": params["model"], "destinations": ctx.destinations_of(params)}
 
-    register_action_type("model", check_model)
+    MY_ACTIONS = builtin_registry().with_type("model", check_model)
+    load_rules("rules/", registry=MY_ACTIONS)
+
+A registry is immutable: ``with_type`` returns a new one.  There is no
+process-wide registry to change, so what one caller accepts never depends
+on what another caller (a test, a plugin) added before it; a loader given no
+registry accepts the built-in types only.
 
 A validator receives the action's keys without ``type`` and an
 :class:`ActionContext`, and returns the normalised parameters (what rules
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from routing_rules.errors import ActionError, Quoted, SpecError
@@ -32,10 +40,7 @@ __all__ = [
     "ActionContext",
     "ActionRegistry",
     "ActionValidator",
-    "default_registry",
-    "register_action_type",
-    "unregister_action_type",
-    "registered_action_types",
+    "builtin_registry",
 ]
 
 
@@ -121,35 +126,32 @@ def _check_forward(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]
 
 
 class ActionRegistry:
-    """Action types and their validators."""
+    """Action types and their validators; immutable, so one registry can serve every loader of a process.
 
-    def __init__(self) -> None:
-        self._validators: dict[str, ActionValidator] = {}
+    Args:
+        validators: action type name -> validator; ``ActionRegistry()`` knows
+            no type at all (not even ``forward``, see :func:`builtin_registry`).
+    """
 
-    def register(self, name: str, validator: ActionValidator, *, replace: bool = False) -> None:
-        """Add an action type.
+    def __init__(self, validators: Mapping[str, ActionValidator] | None = None) -> None:
+        for name in validators or {}:
+            if not isinstance(name, str) or not name:
+                raise ValueError("an action type needs a non-empty name")
+        self._validators: Mapping[str, ActionValidator] = MappingProxyType(dict(validators or {}))
+
+    def with_type(self, name: str, validator: ActionValidator, *, replace: bool = False) -> ActionRegistry:
+        """A new registry with this one's types and ``name``.
 
         Raises:
-            ValueError: the name is empty or already registered (unless
+            ValueError: the name is empty or already known (unless
                 ``replace``).
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError("an action type needs a non-empty name")
         if name in self._validators and not replace:
             raise ValueError(f"action type '{name}' is already registered")
-        self._validators[name] = validator
-
-    def unregister(self, name: str) -> None:
-        self._validators.pop(name, None)
+        return ActionRegistry({**self._validators, name: validator})
 
     def names(self) -> list[str]:
         return sorted(self._validators)
-
-    def copy(self) -> ActionRegistry:
-        """An independent registry with the same types (handy for tests and tools)."""
-        other = ActionRegistry()
-        other._validators = dict(self._validators)
-        return other
 
     def validate(self, table: Any, ctx: ActionContext, path: tuple[Any, ...]) -> Action:
         """Check one action table and dispatch it to its type's validator.
@@ -166,7 +168,7 @@ class ActionRegistry:
         if validator is None:
             raise SpecError(
                 f"unknown action type '{kind}' (known: {', '.join(self.names()) or 'none'}); "
-                "the application registers action types with register_action_type()",
+                "the application adds action types to the registry it passes to the loader",
                 path + ("type",),
             )
         params = {k: v for k, v in table.items() if k != "type"}
@@ -182,20 +184,9 @@ class ActionRegistry:
         return Action(kind, dict(result))
 
 
-default_registry = ActionRegistry()
-default_registry.register("forward", _check_forward)
+_BUILTIN = ActionRegistry({"forward": _check_forward})
 
 
-def register_action_type(name: str, validator: ActionValidator, *, replace: bool = False) -> None:
-    """Register an action type in the default registry used by :func:`load_rules`."""
-    default_registry.register(name, validator, replace=replace)
-
-
-def unregister_action_type(name: str) -> None:
-    """Remove an action type from the default registry (no error if absent)."""
-    default_registry.unregister(name)
-
-
-def registered_action_types() -> list[str]:
-    """Names of the action types in the default registry."""
-    return default_registry.names()
+def builtin_registry() -> ActionRegistry:
+    """The registry of the library's own action types (``forward``): what loaders use when given none."""
+    return _BUILTIN

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from routing_rules.actions import ActionContext, ActionRegistry, default_registry
+from routing_rules.actions import ActionContext, ActionRegistry, builtin_registry
 from routing_rules.errors import RuleError
 from routing_rules.locate import SourceMap, syntax_error_line
 from routing_rules.rules import Rule, parse_rule
@@ -90,9 +90,9 @@ def parse_rules_text(
     registry: ActionRegistry | None = None,
     known_models: Iterable[str] | None = None,
 ) -> RuleSet:
-    """Check the text of one rule file (e.g. from an editor before saving)."""
+    """Check the text of one rule file (e.g. from an editor before saving); arguments as for :func:`load_rules`."""
     ctx = ActionContext(destinations, known_models)
-    return _merge([_parse_text(text, file, ctx, registry or default_registry)])
+    return _merge([_parse_text(text, file, ctx, builtin_registry() if registry is None else registry)])
 
 
 def load_rules(
@@ -107,8 +107,8 @@ def load_rules(
         folder: the rules folder.
         destinations: the destination names actions may use; ``None`` skips
             the check (e.g. for a syntax-only check without the node config).
-        registry: action types; the default registry (``forward`` plus what
-            the application registered) when not given.
+        registry: the action types rules may use; the built-in ones
+            (``forward``) when not given.
         known_models: the model names ``finding.<model>.<key>`` fields (in
             ``match``, ``match_any`` and ``when``) may use; ``None`` skips the
             check.
@@ -121,8 +121,8 @@ def load_rules(
     if not folder.is_dir():
         return RuleSet(errors=[RuleError(str(folder), None, None, "rules folder does not exist or is not a folder")])
     ctx = ActionContext(destinations, known_models)
-    registry = registry or default_registry
-    per_file = []
+    registry = builtin_registry() if registry is None else registry
+    per_file: list[tuple[list[Rule], list[RuleError]]] = []
     for path in rule_files(folder):
         try:
             text = path.read_text(encoding="utf-8")

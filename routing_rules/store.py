@@ -38,7 +38,7 @@ class RulesStore:
     Args:
         folder: the rules folder.
         destinations: destination names actions may use (``None``: unchecked).
-        registry: action types (the default registry when not given).
+        registry: the action types rules may use (the built-in ones when not given).
         known_models: model names finding fields may use (``None``: unchecked).
 
     Attributes:

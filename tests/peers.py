@@ -207,7 +207,7 @@ poll_seconds = 0.1
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "dicom_node.cli", "--config", str(self.config_path), *args],
+            [sys.executable, "-m", "dicom_node.cli.main", "--config", str(self.config_path), *args],
             capture_output=True, text=True, timeout=timeout, cwd=self.workdir,
         )
 
@@ -217,7 +217,7 @@ poll_seconds = 0.1
         self.log_path = self.workdir / f"node-{int(time.time() * 1000)}.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", "--config", str(self.config_path), "serve"],
+            [sys.executable, "-m", "dicom_node.cli.main", "--config", str(self.config_path), "serve"],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir,
         )
         wait_port(self.port, 60, self.proc)
@@ -268,15 +268,21 @@ def storescu_as_stored(port: int, files: list[Path], **kwargs) -> list[subproces
     return [storescu(port, group, extra=["-R", _STORESCU_TS_FLAG[ts]], **kwargs) for ts, group in groups.items()]
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until it returns something truthy; return that, or fail after ``timeout``."""
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = ""):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns something truthy; return that, or fail after ``timeout``.
+
+    Tests wait for the condition they depend on (a row, a file, a log line),
+    never for a fixed time: a fixed sleep is too short on a loaded machine and
+    too long everywhere else.  ``what`` names the condition in the failure.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         value = predicate()
         if value:
             return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what or 'condition'} not met within {timeout}s (last: {value!r:.300})")
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def node_db_rows(node: "NodeProcess", sql: str) -> list:
@@ -285,3 +291,42 @@ def node_db_rows(node: "NodeProcess", sql: str) -> list:
 
     with sqlite3.connect(node.workdir / "node.db", timeout=30) as conn:
         return conn.execute(sql).fetchall()
+
+
+# Work the node still has for what it received: (what, query counting it, waits for completion).
+_UNFINISHED = (
+    ("series not yet dispatched", "select count(*) from series where state != 'dispatched'", True),
+    ("studies not yet dispatched", "select count(*) from studies where state != 'dispatched'", True),
+    ("objects not yet through instance-level rules", "select count(*) from instances where routed_version is null", False),
+    ("jobs not finished, or their findings not yet applied",
+     "select count(*) from jobs where state in ('pending', 'running') or (state = 'done' and not findings_applied)", False),
+    ("deliveries not finished", "select count(*) from deliveries where state in ('pending', 'sending')", False),
+)
+
+
+def unfinished_work(node: "NodeProcess", *, completion: bool = True) -> dict[str, int]:
+    """What the node has yet to do, as counts (all 0: nothing more will be sent).
+
+    A test that checks that something was sent once, or not at all, waits
+    for this instead of sleeping "long enough": once every series and study
+    is dispatched, every job finished with its findings applied and every
+    delivery finished, nothing further can arrive at a destination (the
+    dispatcher queues jobs and deliveries in the transaction that records a
+    dispatch).  ``completion=False`` leaves out series and studies, for a
+    test with a long quiet period that only routes instance by instance.
+    """
+    return {what: node_db_rows(node, sql)[0][0] for what, sql, waits in _UNFINISHED if completion or not waits}
+
+
+def wait_until_settled(node: "NodeProcess", *, timeout: float = 60.0, completion: bool = True) -> None:
+    """Wait until the node has nothing left to do (see :func:`unfinished_work`)."""
+    left: dict[str, int] = {}
+
+    def settled() -> bool:
+        left.update(unfinished_work(node, completion=completion))
+        return not any(left.values())
+
+    try:
+        wait_for(settled, timeout=timeout, interval=0.1)
+    except AssertionError:
+        raise AssertionError(f"the node still had work after {timeout}s: {left}") from None

@@ -48,7 +48,8 @@ from torch import nn
 from ai_models.base import Model, select_device
 from ai_models.errors import WeightError
 from ai_models.nets.unet3d import SEResUNet3D, run_network
-from ai_models.registry import ModelInfo, WeightSpec, register
+from ai_models.info import ModelInfo, WeightSpec
+from ai_models.registry import register
 from ai_models.resample import resample_index
 from ai_models.results import Segmentation
 from ai_models.volume import read_volume, require_modality, segmentation_from_canonical

@@ -59,7 +59,8 @@ from scipy import ndimage
 from ai_models.base import Model
 from ai_models.errors import InputError
 from ai_models.inputs import Source, modality_values, read_datasets
-from ai_models.registry import ModelInfo, register
+from ai_models.info import ModelInfo
+from ai_models.registry import register
 from ai_models.results import Classification, SliceEvidence
 
 # The same strings as the network model (ai_models.chest.enhancement), so that rules and

@@ -58,7 +58,8 @@ from ai_models.base import Model
 from ai_models.chest.radiograph import radiograph_to_unit
 from ai_models.errors import InputError
 from ai_models.inputs import Source, read_datasets
-from ai_models.registry import ModelInfo, register
+from ai_models.info import ModelInfo
+from ai_models.registry import register
 from ai_models.results import Box, Detection
 
 LETTERS = {"L": "left", "R": "right"}

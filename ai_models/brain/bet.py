@@ -38,7 +38,8 @@ from ai_models.base import Model
 from ai_models.errors import ModelError
 from ai_models.inputs import Source
 from ai_models.nets.unet_bet import BetUNet
-from ai_models.registry import ModelInfo, WeightSpec, register
+from ai_models.info import ModelInfo, WeightSpec
+from ai_models.registry import register
 from ai_models.results import Segmentation
 from ai_models.volume import AxisMap, read_volume, require_modality, segmentation_from_canonical
 from ai_models.weights.torch_checkpoint import load_state_dict

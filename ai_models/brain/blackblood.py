@@ -28,7 +28,8 @@ from torch import nn
 from ai_models.base import Model, select_device
 from ai_models.errors import InputError
 from ai_models.nets.unet3d import INUNet3D, run_network
-from ai_models.registry import ModelInfo, WeightSpec, register
+from ai_models.info import ModelInfo, WeightSpec
+from ai_models.registry import register
 from ai_models.resample import zoom_by, zoom_to_shape
 from ai_models.results import Segmentation
 from ai_models.volume import read_volume, require_modality, segmentation_from_canonical

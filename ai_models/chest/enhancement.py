@@ -51,7 +51,8 @@ from ai_models.nets.folding import fold_batchnorms
 from ai_models.errors import InputError, ModelError
 from ai_models.inputs import read_datasets
 from ai_models.nets.resnet50 import MI2RLResNet50Classifier
-from ai_models.registry import ModelInfo, WeightSpec, register
+from ai_models.info import ModelInfo, WeightSpec
+from ai_models.registry import register
 from ai_models.results import Classification, SliceEvidence
 
 LABELS: tuple[str, ...] = ("Non-Enhanced", "Enhanced")

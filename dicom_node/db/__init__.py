@@ -1,4 +1,7 @@
-"""Database: the node's single source of truth and its queue."""
+"""Database: the node's single source of truth and its queue (models, engine, Alembic migrations).
+
+A foundation package: it imports nothing else from the node but :mod:`dicom_node.clock`.
+"""
 from dicom_node.db.models import (
     Association, Base, Delivery, DeliveryItem, Dispatch, Instance, Job, Series, Study,
 )

@@ -120,7 +120,7 @@ def record_audit(
     now: datetime | None = None,
 ) -> AuditEntry:
     """Add one audit row to ``session`` (committed with the change it describes)."""
-    from dicom_node.delivery import utcnow
+    from dicom_node.clock import utcnow
 
     entry = AuditEntry(
         at=now or utcnow(), username=username, action=action, target=(target or None) and target[:255],

@@ -15,12 +15,12 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from dicom_node import __version__, rules_db, selftest
-from dicom_node.web import auth, dryrun, ops
+from dicom_node import __version__
+from dicom_node.ops import admin_actions, queries, selftest
+from dicom_node.ops import dryrun
+from dicom_node.routing import rule_editing, rule_sources
+from dicom_node.web import auth
 from dicom_node.web.deps import admin, client_of, context, editor_write, viewer
-from dicom_node.web.views_ops import (
-    audit_rows, destination_rows, echo_destination, model_rows, retry_deliveries, retry_model_jobs,
-)
 from dicom_node.web.views_rules import rule_rows
 from routing_rules import RuleError
 
@@ -70,11 +70,11 @@ def status(request: Request, principal: auth.Principal = Depends(viewer)) -> dic
     """Counts by state, and the rules in force."""
     ctx = context(request)
     with ctx.db.session() as session:
-        counts = ops.counts(session)
+        counts = queries.counts(session)
     ruleset = ctx.ruleset()
     in_force = {}  # rule name -> version the node evaluates (None for rules from files)
     for rule in ruleset.rules:
-        label = rules_db.parse_version_label(rule.file)
+        label = rule_sources.parse_version_label(rule.file)
         in_force[rule.name] = label[1] if label else None
     return {"version": __version__, "counts": counts,
             "rules": {"source": ctx.config.rules_source, "active": len(ruleset.rules), "errors": [str(e) for e in ruleset.errors],
@@ -85,19 +85,19 @@ def status(request: Request, principal: auth.Principal = Depends(viewer)) -> dic
 def operation_counts(request: Request, principal: auth.Principal = Depends(viewer)) -> dict[str, Any]:
     """What the operations page polls."""
     with context(request).db.session() as session:
-        return ops.counts(session)
+        return queries.counts(session)
 
 
 @router.get("/studies", tags=["operations"])
 def studies(request: Request, limit: int = Query(30, ge=1, le=500), principal: auth.Principal = Depends(viewer)) -> list[dict[str, Any]]:
     with context(request).db.session() as session:
-        return ops.recent_studies(session, limit)
+        return queries.recent_studies(session, limit)
 
 
 @router.get("/studies/{study_id}", tags=["operations"])
 def study(request: Request, study_id: int, principal: auth.Principal = Depends(viewer)) -> dict[str, Any]:
     with context(request).db.session() as session:
-        detail = ops.study_detail(session, study_id)
+        detail = queries.study_detail(session, study_id)
     if detail is None:
         raise HTTPException(404, "no such study")
     return detail
@@ -116,13 +116,13 @@ def list_rules(request: Request, principal: auth.Principal = Depends(viewer)) ->
 def export_rules(request: Request, principal: auth.Principal = Depends(viewer)) -> dict[str, Any]:
     """Every rule as a file of its own, named in evaluation order (what `dicom-node rules export` writes)."""
     _database_only(request)
-    return {"files": dict(rules_db.export_texts(context(request).db))}
+    return {"files": dict(rule_editing.export_texts(context(request).db))}
 
 
 @router.post("/rules/_validate", tags=["rules"])
 def validate_rule(request: Request, body: RuleText, principal: auth.Principal = Depends(viewer)) -> dict[str, Any]:
     """Check a draft; errors carry the line they concern."""
-    rule, errors = rules_db.check_rule_text(rules_db.normalise_text(body.text), set(context(request).config.destinations))
+    rule, errors = rule_editing.check_rule_text(rule_editing.normalise_text(body.text), set(context(request).config.destinations))
     return {"valid": not errors, "name": rule.name if rule else None, "errors": _errors(errors)}
 
 
@@ -133,7 +133,7 @@ def dry_run(request: Request, body: DryRunBody, principal: auth.Principal = Depe
     ruleset = ctx.ruleset()
     highlight = None
     if body.text is not None:
-        rule, errors = rules_db.check_rule_text(rules_db.normalise_text(body.text), set(ctx.config.destinations))
+        rule, errors = rule_editing.check_rule_text(rule_editing.normalise_text(body.text), set(ctx.config.destinations))
         if errors:
             return JSONResponse({"errors": _errors(errors)}, status_code=422)
         ruleset, highlight = dryrun.with_candidate(ruleset, rule), rule.name
@@ -154,7 +154,7 @@ async def dry_run_upload(
     ruleset = ctx.ruleset()
     highlight = None
     if text:
-        rule, errors = rules_db.check_rule_text(rules_db.normalise_text(text), set(ctx.config.destinations))
+        rule, errors = rule_editing.check_rule_text(rule_editing.normalise_text(text), set(ctx.config.destinations))
         if errors:
             return JSONResponse({"errors": _errors(errors)}, status_code=422)
         ruleset, highlight = dryrun.with_candidate(ruleset, rule), rule.name
@@ -169,7 +169,7 @@ async def dry_run_upload(
 def dry_run_series(request: Request, principal: auth.Principal = Depends(viewer)) -> list[dict[str, Any]]:
     """Recent stored series a dry run can use."""
     with context(request).db.session() as session:
-        return ops.series_choices(session)
+        return queries.series_choices(session)
 
 
 @router.post("/rules/_import", tags=["rules"])
@@ -184,7 +184,7 @@ def import_rules(request: Request, body: ImportBody, principal: auth.Principal =
         for index, (name, text) in enumerate(sorted(body.files.items())):
             safe = "".join(c for c in Path(name).name if c.isalnum() or c in "._-")
             (Path(tmp) / f"{index:03d}-{safe or 'rules'}{'' if safe.endswith('.toml') else '.toml'}").write_text(text, encoding="utf-8")
-        report = rules_db.import_from_folder(ctx.db, tmp, author=principal.username, destinations=set(ctx.config.destinations),
+        report = rule_editing.import_from_folder(ctx.db, tmp, author=principal.username, destinations=set(ctx.config.destinations),
                                              delete_missing=body.delete_missing, client=client_of(request))
     return {"created": report.created, "updated": report.updated, "unchanged": report.unchanged, "deleted": report.deleted,
             "errors": [str(e) for e in report.errors], "warnings": report.warnings}
@@ -194,7 +194,7 @@ def import_rules(request: Request, body: ImportBody, principal: auth.Principal =
 def set_order(request: Request, body: OrderBody, principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
     _database_only(request)
     try:
-        changed = rules_db.reorder(context(request).db, body.names, author=principal.username, client=client_of(request))
+        changed = rule_editing.reorder(context(request).db, body.names, author=principal.username, client=client_of(request))
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
     return {"changed": changed}
@@ -208,7 +208,7 @@ def create_rule(request: Request, body: RuleText, principal: auth.Principal = De
 def _save(request: Request, body: RuleText, principal: auth.Principal, name: str | None) -> Any:
     _database_only(request)
     ctx = context(request)
-    result = rules_db.save_rule(ctx.db, body.text, author=principal.username, note=body.note, destinations=set(ctx.config.destinations),
+    result = rule_editing.save_rule(ctx.db, body.text, author=principal.username, note=body.note, destinations=set(ctx.config.destinations),
                                 name=name, client=client_of(request))
     if not result.ok or result.version is None:
         return JSONResponse({"errors": _errors(result.errors)}, status_code=422)
@@ -219,13 +219,13 @@ def _save(request: Request, body: RuleText, principal: auth.Principal, name: str
 def get_rule(request: Request, name: str, principal: auth.Principal = Depends(viewer)) -> dict[str, Any]:
     _database_only(request)
     with context(request).db.session() as session:
-        row = rules_db.latest_version(session, name)
+        row = rule_sources.latest_version(session, name)
     if row is None or row.deleted:
         raise HTTPException(404, "no such rule")
     running = {r.name: r.file for r in context(request).ruleset().rules}.get(name)
-    parsed = rules_db.parse_version_label(running) if running else None
+    parsed = rule_sources.parse_version_label(running) if running else None
     return {"name": name, "version": row.version, "text": row.toml_text, "enabled": row.enabled, "order": row.order,
-            "author": row.author, "saved_at": ops.iso(row.created_at), "note": row.change_note,
+            "author": row.author, "saved_at": queries.iso(row.created_at), "note": row.change_note,
             "running_version": parsed[1] if parsed else None}
 
 
@@ -237,7 +237,7 @@ def update_rule(request: Request, name: str, body: RuleText, principal: auth.Pri
 @router.delete("/rules/{name}", tags=["rules"])
 def delete_rule(request: Request, name: str, principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
     _database_only(request)
-    row = rules_db.delete_rule(context(request).db, name, author=principal.username, client=client_of(request))
+    row = rule_editing.delete_rule(context(request).db, name, author=principal.username, client=client_of(request))
     if row is None:
         raise HTTPException(404, "no such rule")
     return {"name": name, "version": row.version, "deleted": True}
@@ -247,7 +247,7 @@ def delete_rule(request: Request, name: str, principal: auth.Principal = Depends
 def set_enabled(request: Request, name: str, body: EnabledBody, principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
     _database_only(request)
     ctx = context(request)
-    row = rules_db.set_enabled(ctx.db, name, body.enabled, author=principal.username, client=client_of(request))
+    row = rule_editing.set_enabled(ctx.db, name, body.enabled, author=principal.username, client=client_of(request))
     if row is None:
         raise HTTPException(404, "no such rule")
     return {"name": name, "version": row.version, "enabled": row.enabled}
@@ -256,10 +256,10 @@ def set_enabled(request: Request, name: str, body: EnabledBody, principal: auth.
 @router.get("/rules/{name}/versions", tags=["rules"])
 def rule_versions(request: Request, name: str, principal: auth.Principal = Depends(viewer)) -> list[dict[str, Any]]:
     with context(request).db.session() as session:
-        rows = rules_db.history(session, name)
+        rows = rule_sources.history(session, name)
     if not rows:
         raise HTTPException(404, "no such rule")
-    return [{"version": r.version, "author": r.author, "at": ops.iso(r.created_at), "note": r.change_note, "deleted": r.deleted,
+    return [{"version": r.version, "author": r.author, "at": queries.iso(r.created_at), "note": r.change_note, "deleted": r.deleted,
              "enabled": r.enabled, "order": r.order, "text": r.toml_text} for r in rows]
 
 
@@ -268,7 +268,7 @@ def rule_versions(request: Request, name: str, principal: auth.Principal = Depen
 
 @router.get("/destinations", tags=["destinations"])
 def destinations(request: Request, principal: auth.Principal = Depends(viewer)) -> list[dict[str, Any]]:
-    return destination_rows(context(request).config)
+    return admin_actions.destination_rows(context(request).config)
 
 
 @router.post("/destinations/{name}/echo", tags=["destinations"])
@@ -277,7 +277,7 @@ def echo(request: Request, name: str, principal: auth.Principal = Depends(editor
     ctx = context(request)
     if name not in ctx.config.destinations:
         raise HTTPException(404, "no such destination")
-    ok, message = echo_destination(ctx.config, ctx.db, name, principal, client_of(request))
+    ok, message = admin_actions.echo_destination(ctx.config, ctx.db, name, principal.username, client_of(request))
     return {"destination": name, "ok": ok, "message": message}
 
 
@@ -285,38 +285,38 @@ def echo(request: Request, name: str, principal: auth.Principal = Depends(editor
 def deliveries(request: Request, state: str | None = None, limit: int = Query(100, ge=1, le=1000),
                principal: auth.Principal = Depends(viewer)) -> list[dict[str, Any]]:
     with context(request).db.session() as session:
-        return ops.deliveries(session, state, limit)
+        return queries.deliveries(session, state, limit)
 
 
 @router.post("/deliveries/_retry-failed", tags=["deliveries"])
 def retry_failed(request: Request, principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
-    return {"queued": retry_deliveries(context(request).db, principal, client_of(request), None)}
+    return {"queued": admin_actions.retry_deliveries(context(request).db, principal.username, client_of(request), None)}
 
 
 @router.post("/deliveries/{delivery_id}/retry", tags=["deliveries"])
 def retry(request: Request, delivery_id: int, principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
-    return {"queued": retry_deliveries(context(request).db, principal, client_of(request), [delivery_id])}
+    return {"queued": admin_actions.retry_deliveries(context(request).db, principal.username, client_of(request), [delivery_id])}
 
 
 @router.post("/jobs/{job_id}/retry", tags=["deliveries"])
 def retry_job(request: Request, job_id: int, principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
     """Run a failed model job again."""
-    return {"queued": retry_model_jobs(context(request).db, principal, client_of(request), [job_id])}
+    return {"queued": admin_actions.retry_model_jobs(context(request).db, principal.username, client_of(request), [job_id])}
 
 
 @router.get("/models", tags=["models"])
 async def models(request: Request, principal: auth.Principal = Depends(viewer)) -> list[dict[str, Any]]:
     ctx = context(request)
-    return await run_in_threadpool(model_rows, ctx.config, ctx.ruleset())
+    return await run_in_threadpool(admin_actions.model_rows, ctx.config, ctx.ruleset())
 
 
 @router.post("/selftest", tags=["self test"], status_code=202)
 def start_selftest(request: Request, body: SelfTestBody, principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
     """Start a self test; poll GET /api/selftest/{id} for its steps."""
-    from dicom_node.web.views_ops import start_selftest as start
-
+    ctx = context(request)
     try:
-        return {"id": start(request, principal, body.rule, body.destination)}
+        return {"id": selftest.start(ctx.config, ctx.db, ctx.ruleset(), body.rule, body.destination,
+                                     author=principal.username, client=client_of(request))}
     except selftest.SelfTestError as exc:
         raise HTTPException(400, str(exc)) from None
 
@@ -332,4 +332,4 @@ def selftest_state(request: Request, run_id: int, principal: auth.Principal = De
 @router.get("/audit", tags=["audit"])
 def audit(request: Request, action: str | None = None, user: str | None = None, limit: int = Query(500, ge=1, le=100_000),
           principal: auth.Principal = Depends(admin)) -> list[dict[str, Any]]:
-    return audit_rows(context(request).db, action, user, limit)
+    return admin_actions.audit_rows(context(request).db, action, user, limit)

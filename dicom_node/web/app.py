@@ -40,10 +40,8 @@ def _templates() -> Jinja2Templates:
 
 def create_app(config: NodeConfig, db: Database, rules: Any = None) -> FastAPI:
     """Build the app around the node's config, database and (optionally) live rule source."""
-    from dicom_node.metrics import CONTENT_TYPE, render_metrics
-    from dicom_node.rules_db import register_node_actions
+    from dicom_node.ops.metrics import CONTENT_TYPE, render_metrics
 
-    register_node_actions()
     app = FastAPI(title="dicom-node admin API", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   description="JSON API of the dicom-node admin app. Log in first (session cookie + X-CSRF-Token header for "
                               "changes) or send `Authorization: Bearer <API token>` (Account page).")

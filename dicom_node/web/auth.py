@@ -28,7 +28,7 @@ from sqlalchemy import delete, func, select
 
 from dicom_node.db import Database
 from dicom_node.db.admin_models import ROLES, AuditEntry, User, WebSession, record_audit
-from dicom_node.delivery import utcnow
+from dicom_node.clock import utcnow
 
 RANK = {role: rank for rank, role in enumerate(ROLES)}
 MIN_PASSWORD = 8

@@ -55,7 +55,7 @@ class WebContext:
         """The rules the node uses now (live source), or a fresh load when the app runs on its own."""
         if self.rules is not None:
             return self.rules.current()
-        from dicom_node.rules_db import configured_ruleset
+        from dicom_node.routing.rule_sources import configured_ruleset
 
         return configured_ruleset(self.config, self.db)
 

@@ -10,7 +10,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from dicom_node.db.admin_models import ROLES, User
-from dicom_node.web import auth, ops
+from dicom_node.ops import queries
+from dicom_node.web import auth
 from dicom_node.web.deps import (
     LOGIN_COOKIE, SESSION_COOKIE, admin, admin_write, client_of, context, optional_user, render, viewer, viewer_write,
 )
@@ -81,7 +82,7 @@ async def logout(request: Request, principal: auth.Principal = Depends(viewer_wr
 def account_page(request: Request, principal: auth.Principal = Depends(viewer)) -> Response:
     with context(request).db.session() as session:
         user = session.get(User, principal.user_id)
-        token_since = ops.iso(user.api_token_created_at) if user else None
+        token_since = queries.iso(user.api_token_created_at) if user else None
     return render(request, "account.html", principal, title="Account", token_since=token_since, new_token=None)
 
 
@@ -112,8 +113,8 @@ async def make_token(request: Request, principal: auth.Principal = Depends(viewe
 def users_page(request: Request, principal: auth.Principal = Depends(admin)) -> Response:
     with context(request).db.session() as session:
         users = [
-            {"id": u.id, "username": u.username, "role": u.role, "active": u.active, "created_at": ops.iso(u.created_at),
-             "created_by": u.created_by, "last_login_at": ops.iso(u.last_login_at), "has_token": u.api_token_hash is not None}
+            {"id": u.id, "username": u.username, "role": u.role, "active": u.active, "created_at": queries.iso(u.created_at),
+             "created_by": u.created_by, "last_login_at": queries.iso(u.last_login_at), "has_token": u.api_token_hash is not None}
             for u in session.scalars(select(User).order_by(User.username))
         ]
     return render(request, "users.html", principal, title="Users", users=users, roles=ROLES)

@@ -15,8 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.responses import Response
 
-from dicom_node import rules_db
-from dicom_node.web import auth, dryrun, ops
+from dicom_node.routing import rule_editing, rule_sources
+from dicom_node.ops import queries
+from dicom_node.ops import dryrun
+from dicom_node.web import auth
 from dicom_node.web.deps import WebContext, client_of, context, editor_write, render, viewer
 from routing_rules import RuleError, dump_rules
 
@@ -54,18 +56,18 @@ def rule_rows(request: Request) -> tuple[list[dict[str, Any]], Any]:
     """What the list shows: each rule with its saved version and the version the node runs."""
     ctx = context(request)
     ruleset = ctx.ruleset()
-    live = {r.name: rules_db.parse_version_label(r.file) for r in ruleset.rules}
+    live = {r.name: rule_sources.parse_version_label(r.file) for r in ruleset.rules}
     rows = []
     if ctx.config.rules_source == "database":
         with ctx.db.session() as session:
-            versions = rules_db.latest_versions(session)
-        parsed = {r.name: r for r in rules_db.build_ruleset(versions, set(ctx.config.destinations)).rules}
+            versions = rule_sources.latest_versions(session)
+        parsed = {r.name: r for r in rule_sources.build_ruleset(versions, set(ctx.config.destinations)).rules}
         for row in versions:
             rule = parsed.get(row.rule_name)
             running = live.get(row.rule_name)
             rows.append({
                 "name": row.rule_name, "version": row.version, "enabled": row.enabled, "order": row.order,
-                "author": row.author, "saved_at": ops.iso(row.created_at), "note": row.change_note,
+                "author": row.author, "saved_at": queries.iso(row.created_at), "note": row.change_note,
                 "level": rule.level if rule else "?", "fallback": bool(rule and rule.fallback), "stop": bool(rule and rule.stop),
                 "description": rule.description if rule else "", "valid": rule is not None,
                 "actions": [a.to_dict() for a in rule.actions] if rule else [],
@@ -92,7 +94,7 @@ def rules_page(request: Request, principal: auth.Principal = Depends(viewer)) ->
 def _editor_values(request: Request, name: str | None) -> dict[str, Any]:
     ctx = context(request)
     with ctx.db.session() as session:
-        choices = ops.series_choices(session)
+        choices = queries.series_choices(session)
     return {"name": name, "choices": choices, "editable": ctx.config.rules_source == "database"}
 
 
@@ -100,7 +102,7 @@ def _current_text(request: Request, name: str) -> str | None:
     ctx = context(request)
     if ctx.config.rules_source == "database":
         with ctx.db.session() as session:
-            row = rules_db.latest_version(session, name)
+            row = rule_sources.latest_version(session, name)
         return row.toml_text if row is not None and not row.deleted else None
     rule = ctx.ruleset().get(name)
     return dump_rules([rule]) if rule is not None else None
@@ -119,7 +121,7 @@ def new_rule_page(request: Request, principal: auth.Principal = Depends(viewer))
 def export_rules(request: Request, principal: auth.Principal = Depends(viewer)) -> Response:
     ctx = context(request)
     if ctx.config.rules_source == "database":
-        body = "\n".join(f"# ---- {name}\n{text}" for name, text in rules_db.export_texts(ctx.db))
+        body = "\n".join(f"# ---- {name}\n{text}" for name, text in rule_editing.export_texts(ctx.db))
     else:
         body = dump_rules(ctx.ruleset().rules)
     return PlainTextResponse(body, headers={"Content-Disposition": 'attachment; filename="rules.toml"'})
@@ -146,11 +148,11 @@ async def _uploads(form: Any) -> list[tuple[str, bytes]]:
 async def _editor_post(request: Request, principal: auth.Principal, name: str | None) -> Response:
     ctx = context(request)
     form = await request.form()
-    text = rules_db.normalise_text(str(form.get("text", "")))
+    text = rule_editing.normalise_text(str(form.get("text", "")))
     note = str(form.get("note", "")).strip()[:500]
     action = str(form.get("action", "check"))
     destinations = set(ctx.config.destinations)
-    rule, errors = rules_db.check_rule_text(text, destinations, expected_name=name)
+    rule, errors = rule_editing.check_rule_text(text, destinations, expected_name=name)
     result = None
     message = None
     if action == "save" and not errors:
@@ -158,7 +160,7 @@ async def _editor_post(request: Request, principal: auth.Principal, name: str | 
             message = f"Rules come from the folder {ctx.config.rules_folder}: edit the files there (or set [rules] source = \"database\" and run `dicom-node rules import`)."
         else:
             saved = await run_in_threadpool(
-                rules_db.save_rule, ctx.db, text, author=principal.username, note=note, destinations=destinations,
+                rule_editing.save_rule, ctx.db, text, author=principal.username, note=note, destinations=destinations,
                 name=name, client=client_of(request),
             )
             if saved.ok and saved.version is not None:
@@ -222,7 +224,7 @@ async def import_rules(request: Request, principal: auth.Principal = Depends(edi
             safe = "".join(c for c in Path(filename).name if c.isalnum() or c in "._-") or f"upload{index}.toml"
             (Path(tmp) / f"{index:03d}-{safe}").write_bytes(data)
         report = await run_in_threadpool(
-            rules_db.import_from_folder, ctx.db, tmp, author=principal.username, destinations=set(ctx.config.destinations),
+            rule_editing.import_from_folder, ctx.db, tmp, author=principal.username, destinations=set(ctx.config.destinations),
             client=client_of(request),
         )
     lines = [f"Import: {report.summary()}."] + [f"Error: {e.message} (line {e.line})" for e in report.errors] + report.warnings
@@ -242,7 +244,7 @@ async def toggle_rule(request: Request, name: str, principal: auth.Principal = D
         return blocked
     ctx = context(request)
     enable = request.url.path.endswith("/enable")
-    row = await run_in_threadpool(rules_db.set_enabled, ctx.db, name, enable, author=principal.username, client=client_of(request))
+    row = await run_in_threadpool(rule_editing.set_enabled, ctx.db, name, enable, author=principal.username, client=client_of(request))
     return _back_to_list(ctx, principal, f"Rule {name} {'enabled' if enable else 'disabled'}." if row else f"No rule {name}.")
 
 
@@ -255,7 +257,7 @@ async def move_rule(request: Request, name: str, principal: auth.Principal = Dep
     form = await request.form()
     offset = -1 if form.get("direction") == "up" else 1
     try:
-        changed = await run_in_threadpool(rules_db.move, ctx.db, name, offset, author=principal.username, client=client_of(request))
+        changed = await run_in_threadpool(rule_editing.move, ctx.db, name, offset, author=principal.username, client=client_of(request))
     except ValueError as exc:
         return _back_to_list(ctx, principal, f"Cannot reorder: {exc}")
     return _back_to_list(ctx, principal, f"New order saved ({len(changed)} rule(s) renumbered)." if changed else "Order unchanged.")
@@ -268,7 +270,7 @@ async def delete_rule(request: Request, name: str, principal: auth.Principal = D
         return blocked
     ctx = context(request)
     form = await request.form()
-    row = await run_in_threadpool(rules_db.delete_rule, ctx.db, name, author=principal.username,
+    row = await run_in_threadpool(rule_editing.delete_rule, ctx.db, name, author=principal.username,
                                   note=str(form.get("note", ""))[:500], client=client_of(request))
     return _back_to_list(ctx, principal, f"Rule {name} deleted (version {row.version} records it)." if row else f"No rule {name}.")
 
@@ -277,16 +279,16 @@ async def delete_rule(request: Request, name: str, principal: auth.Principal = D
 def rule_history(request: Request, name: str, principal: auth.Principal = Depends(viewer)) -> Response:
     ctx = context(request)
     with ctx.db.session() as session:
-        versions = rules_db.history(session, name)
+        versions = rule_sources.history(session, name)
     if not versions:
         return render(request, "message.html", principal, status_code=404, title="No such rule", message=f"No rule {name!r} was ever saved here.")
     rows = []
     for i, row in enumerate(versions):
         previous = versions[i + 1] if i + 1 < len(versions) else None
         rows.append({
-            "version": row.version, "author": row.author, "at": ops.iso(row.created_at), "note": row.change_note,
+            "version": row.version, "author": row.author, "at": queries.iso(row.created_at), "note": row.change_note,
             "deleted": row.deleted, "enabled": row.enabled, "order": row.order, "text": row.toml_text,
-            "diff": rules_db.text_diff(previous.toml_text if previous else "", row.toml_text,
+            "diff": rule_editing.text_diff(previous.toml_text if previous else "", row.toml_text,
                                        f"v{previous.version}" if previous else "(new)", f"v{row.version}"),
         })
     return render(request, "rule_history.html", principal, title=f"History of {name}", name=name, rows=rows)

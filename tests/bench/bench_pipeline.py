@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from dicom_node.synthetic import chest_ct_series, chest_dx, write_datasets
+from dicom_node.ops.synthetic import chest_ct_series, chest_dx, write_datasets
 from tests.peers import NodeProcess, StoreSCP, storescu
 
 RULES = """

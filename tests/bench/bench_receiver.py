@@ -97,7 +97,7 @@ class DataSet:
 
 def make_ct(folder: Path, count: int) -> DataSet:
     """One axial chest series, 512x512, 16-bit, Explicit VR LE (~526 KB per slice)."""
-    from dicom_node.synthetic import chest_ct_series, write_datasets
+    from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 
     return DataSet("ct", write_datasets(chest_ct_series(count, 512, seed=1), folder, "CT"))
 
@@ -106,7 +106,7 @@ def make_dx(folder: Path, count: int) -> DataSet:
     """Chest radiographs 2500x2048, 16 bits allocated, two views (PA + lateral) per study (~10 MB each)."""
     from pydicom.uid import generate_uid
 
-    from dicom_node.synthetic import UID_PREFIX, chest_dx
+    from dicom_node.ops.synthetic import UID_PREFIX, chest_dx
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -207,7 +207,7 @@ def role(pid: int, listener: int | None) -> str:
         return "resource-tracker"
     if "spawn_main" in cmdline:  # multiprocessing children: the receiver, and whatever else the node spawns
         return "receiver-child" if pid == listener else "spawned-child"
-    if "dicom_node.cli" in cmdline:
+    if "dicom_node.cli.main" in cmdline:
         return "node-parent"
     return Path(cmdline.split(" ")[0]).name or str(pid)
 

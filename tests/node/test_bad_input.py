@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from dicom_node.synthetic import chest_ct_series, write_datasets
+from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from tests.peers import storescu
 
 pytestmark = pytest.mark.peers

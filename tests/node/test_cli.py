@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dicom_node.synthetic import chest_ct_series, write_datasets
+from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from tests.node.conftest import forward_rule
 from tests.peers import free_port
 
@@ -16,7 +16,7 @@ COMMANDS = [["serve"], ["echo"], ["send"], ["status"], ["retry"], ["rules", "che
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
 def test_every_command_has_help(command) -> None:
-    result = subprocess.run([sys.executable, "-m", "dicom_node.cli", *command, "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "dicom_node.cli.main", *command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: dicom-node" in result.stdout
 
 
@@ -61,12 +61,12 @@ def test_rules_check_reports_file_and_line_and_fails(tmp_path) -> None:
     (tmp_path / "rules" / "good.toml").write_text(forward_rule("archive"))
     (tmp_path / "rules" / "bad.toml").write_text('[[rule]]\nname = "x"\nlevel = "series"\n[rule.match]\nModalityy = "CT"\n[[rule.actions]]\ntype = "forward"\ndestinations = ["archive"]\n')
     config.write_text('[rules]\nfolder = "rules"\n[destinations.archive]\ntype = "folder"\npath = "out"\n')
-    result = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "rules", "check"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "dicom_node.cli.main", "--config", str(config), "rules", "check"], capture_output=True, text=True)
     assert result.returncode == 1
     assert "bad.toml:5" in result.stdout and "Modality" in result.stdout  # the line, and a suggestion
     assert "ok     forward-all" in result.stdout
     (tmp_path / "rules" / "bad.toml").unlink()
-    again = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "rules", "check"], capture_output=True, text=True)
+    again = subprocess.run([sys.executable, "-m", "dicom_node.cli.main", "--config", str(config), "rules", "check"], capture_output=True, text=True)
     assert again.returncode == 0
 
 
@@ -80,7 +80,7 @@ def test_rules_test_explains_each_rule_per_series(tmp_path) -> None:
     )
     config.write_text('[rules]\nfolder = "rules"\n[destinations.archive]\ntype = "folder"\npath = "out"\n')
     write_datasets(chest_ct_series(3, 32), tmp_path / "ct")
-    result = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(config), "rules", "test", str(tmp_path / "ct")], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "dicom_node.cli.main", "--config", str(config), "rules", "test", str(tmp_path / "ct")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "rule 'chest-ct' fired" in result.stdout
     assert "rule 'mr-only' did not fire" in result.stdout and "'CT'" in result.stdout
@@ -89,14 +89,14 @@ def test_rules_test_explains_each_rule_per_series(tmp_path) -> None:
 
 
 def test_generate_writes_valid_synthetic_files(tmp_path) -> None:
-    from dicom_node.cli import main
+    from dicom_node.cli.main import main
 
     assert main(["generate", "dx", str(tmp_path / "dx"), "--count", "2", "--size", "128"]) == 0
     assert len(list((tmp_path / "dx").glob("*.dcm"))) == 2
 
 
 def test_retry_without_target_is_a_usage_error(tmp_path) -> None:
-    from dicom_node.cli import main
+    from dicom_node.cli.main import main
 
     config = tmp_path / "node.toml"
     config.write_text('[database]\nurl = "sqlite:///node.db"\n')

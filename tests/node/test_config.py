@@ -70,7 +70,7 @@ def test_per_listener_completion_overrides_global(tmp_path: Path) -> None:
 
 
 def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path) -> None:
-    from dicom_node.cli import main
+    from dicom_node.cli.main import main
 
     path = tmp_path / "node.toml"
     path.write_text("[node]\nport = 0\n")

@@ -5,7 +5,6 @@ import collections
 import os
 import sqlite3
 import threading
-import time
 from typing import Callable
 
 import pydicom
@@ -14,9 +13,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage
 
-from dicom_node.synthetic import chest_ct_series, write_datasets
+from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from tests.node.conftest import forward_rule
-from tests.peers import StoreSCP, node_db_rows, storescu, wait_for, wait_port
+from tests.peers import StoreSCP, node_db_rows, storescu, wait_for, wait_port, wait_until_settled
 
 pytestmark = pytest.mark.peers
 
@@ -90,8 +89,8 @@ def test_sigkill_during_reception_keeps_every_acknowledged_instance(make_node, s
     assert "node-restart" in {row[0] for row in node_db_rows(node, "select end_reason from associations")}
     # the modality sends the whole series again, as it would after an aborted association
     assert storescu(node.port, write_datasets(series, node.workdir / "resend")).returncode == 0
-    counts = wait_for(lambda: (lambda c: c if len(c) == len(series) else None)(arrivals(scp)), timeout=60)
-    time.sleep(1.5)
+    wait_for(lambda: len(arrivals(scp)) == len(series), timeout=60, what="every object at the destination")
+    wait_until_settled(node)  # anything still to be sent would show up as an extra copy
     counts = arrivals(scp)
     assert set(counts) == {str(d.SOPInstanceUID) for d in series}
     duplicates = sum(n - 1 for n in counts.values())
@@ -111,8 +110,8 @@ def test_sigkill_while_forwarding_as_stored_forwards_every_stored_object_once(ma
     restart(node)
     stored = {row[0] for row in node_db_rows(node, "select sop_instance_uid from instances")}
     assert set(acked) <= stored, "an acknowledged instance was lost"
-    counts = wait_for(lambda: (lambda c: c if set(c) >= stored else None)(arrivals(scp)), timeout=60)
-    time.sleep(1.0)  # anything still in flight would show up as an extra copy
+    wait_for(lambda: set(arrivals(scp)) >= stored, timeout=60, what="every stored object at the destination")
+    wait_until_settled(node, completion=False)  # anything still to be sent would show up as an extra copy
     counts = arrivals(scp)
     assert set(counts) == stored  # every stored object, nothing that was not stored
     duplicates = sum(n - 1 for n in counts.values())
@@ -157,7 +156,7 @@ def test_power_cut_that_undid_renames_and_commits_loses_nothing(make_node, tmp_p
     """What a power cut can leave that SIGKILL cannot: renames and a WAL commit that never reached the disk.
 
     The node flushes each object once, under a durable slot name, and does not
-    flush the rename to its final path (docs: dicom_node/spool.py).  Here two
+    flush the rename to its final path (docs: dicom_node/receive/spool.py).  Here two
     acknowledged objects are put back under slot names and their rows deleted,
     as the cut would leave them, and a third slot is cut off mid-write; the
     restarted node must put both objects in place, index them, and remove the

@@ -12,8 +12,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.config import load_config
 from dicom_node.db import Database, Delivery
-from dicom_node.delivery import claim_next, enqueue, run_deliveries, utcnow
-from dicom_node.synthetic import chest_ct_series, write_datasets
+from dicom_node.clock import utcnow
+from dicom_node.delivery.queue import claim_next, enqueue
+from dicom_node.delivery.workers import run_deliveries
+from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from tests.peers import free_port
 
 

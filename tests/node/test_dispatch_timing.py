@@ -15,14 +15,14 @@ from pathlib import Path
 import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dicom_node.completion import mark_complete_series
+from dicom_node.routing.completion import mark_complete_series
 from dicom_node.config import load_config
 from dicom_node.db import Database
 from dicom_node.db.models import Association, Series
-from dicom_node.header_readahead import HeaderReadahead
-from dicom_node.ingest import InstanceHeader, record_instance
-from dicom_node.service import _CoalescedSweepFilter, _pull_forward
-from dicom_node.synthetic import chest_ct_series, write_datasets
+from dicom_node.routing.header_readahead import HeaderReadahead
+from dicom_node.receive.ingest import InstanceHeader, record_instance
+from dicom_node.runtime.service import _CoalescedSweepFilter, _pull_forward
+from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 
 T0 = datetime(2026, 12, 3, 12, 0, 0)
 

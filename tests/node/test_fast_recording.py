@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from dicom_node.db import Database
 from dicom_node.db.models import Instance, Series, Study
-from dicom_node.ingest import CoreFastRecorder, InstanceHeader, SQLiteFastRecorder, fast_recorder, record_instance
+from dicom_node.receive.ingest import CoreFastRecorder, InstanceHeader, SQLiteFastRecorder, fast_recorder, record_instance
 
 T0 = datetime(2026, 11, 25, 16, 0, 0, 123456)
 

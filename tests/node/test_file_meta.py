@@ -5,7 +5,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
-from dicom_node.file_meta import received_file_meta
+from dicom_node.receive.file_meta import received_file_meta
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
-from dicom_node.synthetic import chest_ct_series, chest_dx, write_datasets
+from dicom_node.ops.synthetic import chest_ct_series, chest_dx, write_datasets
 from tests.node.conftest import forward_rule
 from tests.peers import storescu_as_stored, wait_for
 

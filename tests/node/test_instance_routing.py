@@ -20,9 +20,9 @@ from sqlalchemy import select
 
 from dicom_node.config import load_config
 from dicom_node.db import Database, Delivery, DeliveryItem, Dispatch, Instance, Series
-from dicom_node.dispatcher import Dispatcher
-from dicom_node.ingest import InstanceHeader, record_instance
-from dicom_node.synthetic import chest_ct_series, chest_dx, write_datasets
+from dicom_node.routing.dispatcher import Dispatcher
+from dicom_node.receive.ingest import InstanceHeader, record_instance
+from dicom_node.ops.synthetic import chest_ct_series, chest_dx, write_datasets
 from routing_rules import RuleSet, parse_rules_text
 from tests.peers import have, node_db_rows, storescu, wait_for
 
@@ -159,7 +159,7 @@ def test_an_unreadable_file_is_logged_once_and_not_retried(node, tmp_path: Path,
     (path,) = write_datasets([chest_dx(64, 64, seed=3)], tmp_path / "dx", "DX")
     _store(db, path, T0)
     path.write_bytes(b"not DICOM any more")
-    with caplog.at_level(logging.ERROR, logger="dicom_node.dispatcher"):
+    with caplog.at_level(logging.ERROR, logger="dicom_node.routing.dispatcher"):
         dispatcher.route_instances()
         dispatcher.route_instances()
     assert len([r for r in caplog.records if "cannot read header" in r.getMessage()]) == 1

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pydicom
 import pytest
@@ -11,9 +10,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage
 
-from dicom_node.synthetic import chest_ct_series, write_datasets
+from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from tests.node.conftest import forward_rule
-from tests.peers import DCMTK_ENV, Orthanc, StoreSCP, free_port, node_db_rows, storescu, wait_for
+from tests.peers import DCMTK_ENV, Orthanc, StoreSCP, free_port, node_db_rows, storescu, wait_for, wait_until_settled
 
 pytestmark = pytest.mark.peers
 
@@ -58,7 +57,7 @@ def test_duplicate_sop_instance_keeps_newest_copy_and_counts(make_node, scp, tmp
     assert node_db_rows(node, "select duplicate_count, instance_count from series") == [(1, 3)]
     stored = next((node.workdir / "spool").rglob(f"{series[0].SOPInstanceUID}.dcm"))
     assert pydicom.dcmread(stored).SeriesDescription == "CORRECTED"
-    time.sleep(1.5)
+    wait_until_settled(node)  # a second send would be queued by now
     assert sorted(uids_at(scp)) == sorted(str(d.SOPInstanceUID) for d in series)  # each sent once, newest copy
     sent = next(p for p in scp.files() if pydicom.dcmread(p).SOPInstanceUID == series[0].SOPInstanceUID)
     assert pydicom.dcmread(sent).SeriesDescription == "CORRECTED"
@@ -82,12 +81,18 @@ def test_late_instances_follow_the_policy(make_node, scp, tmp_path, policy) -> N
     if policy == "rerun":
         wait_for(lambda: len(scp.files()) == 4)
         assert node_db_rows(node, "select run_count, late_count, state from series") == [(2, 1, "dispatched")]
-        time.sleep(1.5)
+        wait_until_settled(node)
         assert sorted(uids_at(scp)) == sorted(str(d.SOPInstanceUID) for d in series)  # only the new one was sent again
     else:
-        time.sleep(3)
-        assert len(scp.files()) == 3
-        assert node_db_rows(node, "select run_count, late_count, state from series") == [(1, 1, "dispatched")]
+        # A series sent after the late instance has its quiet period end later; once the node has
+        # routed it, a re-run of the late instance's series would have been queued too.
+        after = chest_ct_series(1, 32, seed=3)
+        assert storescu(node.port, write_datasets(after, tmp_path / "after")).returncode == 0
+        wait_for(lambda: node_db_rows(node, "select count(*) from series where state = 'dispatched'") == [(2,)], what="the later series routed")
+        wait_until_settled(node)
+        assert sorted(uids_at(scp)) == sorted(str(d.SOPInstanceUID) for d in series[:3] + after)  # the late one never
+        assert node_db_rows(node, "select run_count, late_count from series where series_instance_uid = '%s'"
+                            % series[0].SeriesInstanceUID) == [(1, 1)]
 
 
 def test_waiting_series_says_why_and_when(make_node) -> None:
@@ -99,7 +104,8 @@ def test_waiting_series_says_why_and_when(make_node) -> None:
     assert len(waiting) == 1 and waiting[0]["open_associations"] == 1
     assert "still open" in waiting[0]["reason"] and waiting[0]["fires_at"] is None
     assoc.release()
-    time.sleep(0.3)
+    wait_for(lambda: node_db_rows(node, "select count(*) from associations where ended_at is null") == [(0,)],
+             what="the node recording the release")
     waiting = status(node)["waiting_series"]
     assert "quiet period" in waiting[0]["reason"] and waiting[0]["fires_at"]
     wait_for(lambda: not status(node)["waiting_series"])
@@ -163,6 +169,9 @@ def test_many_senders_at_once_lose_nothing(make_node, scp, tmp_path) -> None:
         assert proc.wait(120) == 0, proc.stderr.read()
     assert node_db_rows(node, "select count(*) from instances") == [(100,)]
     wait_for(lambda: len(scp.files()) >= 100, timeout=60)
-    time.sleep(1)
+    wait_until_settled(node)
     assert sorted(uids_at(scp)) == sorted(expected)
-    assert node_db_rows(node, "select count(*), sum(instances_received) from associations") == [(4, 100)]
+    # each association's count is recorded when the node handles its release, which may follow storescu's exit
+    wait_for(lambda: node_db_rows(node, "select count(*), sum(instances_received) from associations where ended_at is not null") == [(4, 100)],
+             what="the node recording the four releases")
+    assert node_db_rows(node, "select count(*) from associations") == [(4,)]

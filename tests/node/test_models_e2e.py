@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.synthetic import chest_ct_series, chest_dx, write_datasets
+from dicom_node.ops.synthetic import chest_ct_series, chest_dx, write_datasets
 from tests.peers import storescu, wait_for
 
 pytestmark = pytest.mark.peers

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from dicom_node.synthetic import chest_ct_series, write_datasets
+from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from tests.node.conftest import forward_rule
 from tests.peers import DCMTK_ENV, StoreSCP, free_port, wait_port
 

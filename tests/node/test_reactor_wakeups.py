@@ -14,8 +14,8 @@ import time
 import pytest
 from pynetdicom import association, dul
 
-from dicom_node import reactor_wakeups
-from dicom_node.reactor_wakeups import _association_sleep, _dul_sleep, _ReactorTime, _wait_for_queue
+from dicom_node.receive import pynetdicom_patches
+from dicom_node.receive.pynetdicom_patches import _association_sleep, _dul_sleep, _ReactorTime, _wait_for_queue
 
 
 class _Dimse:
@@ -113,7 +113,7 @@ def test_proxy_dispatches_on_the_calling_thread_and_passes_the_rest_through():
 
 
 def test_install_swaps_the_time_module_of_both_reactors():
-    reactor_wakeups.install()
+    pynetdicom_patches.install()
     assert isinstance(association.time, _ReactorTime) and isinstance(dul.time, _ReactorTime)
-    reactor_wakeups.install()  # idempotent
+    pynetdicom_patches.install()  # idempotent
     assert association.time.sleep.__self__ is dul.time.sleep.__self__

@@ -13,8 +13,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import encode_file_meta
 
-from dicom_node.spool import POOL_BATCH, Spool, SpoolError, read_spool_preamble, safe_component
-from dicom_node.synthetic import chest_ct_series
+from dicom_node.receive.spool import POOL_BATCH, Spool, SpoolError, read_spool_preamble, safe_component
+from dicom_node.ops.synthetic import chest_ct_series
 
 
 def test_written_file_is_valid_part10_with_dataset_bytes_unchanged(tmp_path: Path) -> None:

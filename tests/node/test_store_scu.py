@@ -1,4 +1,4 @@
-"""The node's C-STORE SCU (dicom_node.store_scu, dicom_node.sender) against real SCPs.
+"""The node's C-STORE SCU (dicom_node.delivery.store_scu, dicom_node.delivery.send) against real SCPs.
 
 dcmtk storescp checks what a PACS-like peer receives; a pynetdicom SCP, whose
 handler decides the answer, provides the peer behaviours storescp cannot be
@@ -25,9 +25,9 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
 from dicom_node.config import DicomDestination
-from dicom_node.sender import ItemResult, SendError, file_info, send_dicom
-from dicom_node.store_scu import StoreAssociation, parse_command, store_request_command
-from dicom_node.synthetic import chest_ct_series, write_datasets
+from dicom_node.delivery.send import ItemResult, SendError, file_info, send_dicom
+from dicom_node.delivery.store_scu import StoreAssociation, parse_command, store_request_command
+from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from tests.node.test_forwarding import dataset_bytes
 from tests.peers import StoreSCP, free_port
 

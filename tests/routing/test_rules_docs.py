@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from routing_rules import RuleSet, SeriesHeaders, StudyHeaders, default_registry, parse_rules_text
+from routing_rules import RuleSet, SeriesHeaders, StudyHeaders, builtin_registry, parse_rules_text
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
 # every ```toml block that holds whole rules (fragments such as a lone [[rule.actions]] are skipped)
@@ -18,8 +18,9 @@ BLOCKS = [
 ]
 DESTINATIONS = {"pacs", "archive"}
 # Examples may use the node's `model` action type; a stand-in that accepts its keys checks them here.
-REGISTRY = default_registry.copy()
-REGISTRY.register("model", lambda params, ctx: {**params, "destinations": ctx.destinations_of(params, required=False)})
+REGISTRY = builtin_registry().with_type(
+    "model", lambda params, ctx: {**params, "destinations": ctx.destinations_of(params, required=False)}
+)
 
 
 def doc_rules() -> RuleSet:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from routing_rules import SeriesHeaders, parse_rules_text
-from routing_rules.actions import default_registry
+from routing_rules.actions import builtin_registry
 
 from tests.routing.rules_helpers import DESTINATIONS, rule_text
 
@@ -27,8 +27,7 @@ def test_an_instance_rule_loads_and_is_only_judged_at_instance_level() -> None:
 
 
 def test_an_instance_rule_with_a_series_wide_action_is_refused_with_the_reason() -> None:
-    registry = default_registry.copy()
-    registry.register("model", lambda params, ctx: {"model": params.get("model")})
+    registry = builtin_registry().with_type("model", lambda params, ctx: {"model": params.get("model")})
     actions = '[[rule.actions]]\ntype = "forward"\ndestinations = ["pacs"]\n[[rule.actions]]\ntype = "model"\nmodel = "lung"\n'
     rs = parse_rules_text(rule_text('Modality = "CT"', extra='level = "instance"', actions=actions),
                           destinations=DESTINATIONS, registry=registry)

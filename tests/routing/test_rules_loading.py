@@ -12,11 +12,9 @@ from routing_rules import (
     ActionError,
     ActionRegistry,
     SeriesHeaders,
-    default_registry,
+    builtin_registry,
     load_rules,
     parse_rules_text,
-    register_action_type,
-    unregister_action_type,
 )
 
 GOOD = """\
@@ -240,35 +238,41 @@ def test_unknown_action_type_is_a_clear_error() -> None:
     rs = parse_rules_text(MODEL_RULE, destinations=DESTINATIONS, registry=ActionRegistry())
     [error] = rs.errors
     assert error.message.startswith("unknown action type 'model' (known: none)")
-    assert "register_action_type" in error.message and error.line == line_of(MODEL_RULE, 'type = "model"')
+    assert "registry it passes to the loader" in error.message and error.line == line_of(MODEL_RULE, 'type = "model"')
     [error] = parse_rules_text(MODEL_RULE, destinations=DESTINATIONS).errors
     assert "(known: forward)" in error.message
 
 
-def test_registered_action_type_is_validated_by_its_validator() -> None:
-    register_action_type("model", check_model)
-    try:
-        with pytest.raises(ValueError):
-            register_action_type("model", check_model)
-        rs = parse_rules_text(MODEL_RULE, destinations=DESTINATIONS)
-        assert not rs.errors
-        [action] = rs.rules[0].actions
-        assert (action.type, action.params["model"], action.destinations) == ("model", "lung_ct", ("pacs",))
-        bad = MODEL_RULE.replace("threshold = 0.5", "threshold = 3")
-        [error] = parse_rules_text(bad, destinations=DESTINATIONS).errors
-        assert error.message == "action 'model': 'threshold' must be between 0 and 1"
-        assert error.line == line_of(bad, "threshold")
-        wrong_dest = MODEL_RULE.replace('["pacs"]', '["pacs", "viewer"]')
-        [error] = parse_rules_text(wrong_dest, destinations=DESTINATIONS).errors
-        assert "unknown destination 'viewer'" in error.message
-    finally:
-        unregister_action_type("model")
-    assert "model" not in default_registry.names()
+def test_added_action_type_is_validated_by_its_validator() -> None:
+    registry = builtin_registry().with_type("model", check_model)
+    with pytest.raises(ValueError):
+        registry.with_type("model", check_model)
+    assert registry.with_type("model", check_model, replace=True).names() == ["forward", "model"]
+    rs = parse_rules_text(MODEL_RULE, destinations=DESTINATIONS, registry=registry)
+    assert not rs.errors
+    [action] = rs.rules[0].actions
+    assert (action.type, action.params["model"], action.destinations) == ("model", "lung_ct", ("pacs",))
+    bad = MODEL_RULE.replace("threshold = 0.5", "threshold = 3")
+    [error] = parse_rules_text(bad, destinations=DESTINATIONS, registry=registry).errors
+    assert error.message == "action 'model': 'threshold' must be between 0 and 1"
+    assert error.line == line_of(bad, "threshold")
+    wrong_dest = MODEL_RULE.replace('["pacs"]', '["pacs", "viewer"]')
+    [error] = parse_rules_text(wrong_dest, destinations=DESTINATIONS, registry=registry).errors
+    assert "unknown destination 'viewer'" in error.message
+
+
+def test_adding_a_type_leaves_the_builtin_registry_and_plain_loaders_alone(tmp_path: Path) -> None:
+    """Registries are values: what one caller added is never what another caller's loader accepts."""
+    registry = builtin_registry().with_type("model", check_model)
+    (tmp_path / "a.toml").write_text(MODEL_RULE)
+    assert not load_rules(tmp_path, DESTINATIONS, registry).errors
+    assert builtin_registry().names() == ["forward"]
+    [error] = load_rules(tmp_path, DESTINATIONS).errors
+    assert error.message.startswith("unknown action type 'model' (known: forward)")
 
 
 def test_crashing_validator_disables_only_its_rule() -> None:
-    registry = default_registry.copy()
-    registry.register("model", lambda params, ctx: 1 / 0)
+    registry = builtin_registry().with_type("model", lambda params, ctx: 1 / 0)
     rs = parse_rules_text(MODEL_RULE + "\n" + GOOD, destinations=DESTINATIONS, registry=registry)
     assert [r.name for r in rs.rules] == ["ct-chest"]
     assert "validator failed: ZeroDivisionError" in rs.errors[0].message

@@ -16,7 +16,7 @@ def rule(name: str, modality: str, dest: str = "pacs", extra: str = "") -> str:
 
 def _store_series(env: WebEnv, tmp_path: Path) -> int:
     """A synthetic CT series on disk with its rows, as the receiver would leave it."""
-    from dicom_node.synthetic import chest_ct_series, write_datasets
+    from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 
     paths = write_datasets(chest_ct_series(2, 32), tmp_path / "spool", "CT")
     with env.db.write() as s:

@@ -58,7 +58,7 @@ def _node(tmp_path: Path, web_port: int) -> NodeProcess:
     text = node.config_path.read_text()
     node.config_path.write_text(text.replace('[rules]\nfolder = "rules"\n', '[rules]\nfolder = "rules"\nsource = "database"\n'))
     created = subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", "--config", str(node.config_path), "admin", "create-user", "admin1", "--role", "admin",
+        [sys.executable, "-m", "dicom_node.cli.main", "--config", str(node.config_path), "admin", "create-user", "admin1", "--role", "admin",
          "--password-stdin"], input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, cwd=node.workdir,
     )
     assert created.returncode == 0, created.stderr
@@ -66,7 +66,7 @@ def _node(tmp_path: Path, web_port: int) -> NodeProcess:
 
 
 def _ct_files(folder: Path, count: int = 3) -> list[Path]:
-    from dicom_node.synthetic import chest_ct_series, write_datasets
+    from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 
     return write_datasets(chest_ct_series(count, 64), folder, "CT")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from dicom_node.cli import main
+from dicom_node.cli.main import main
 from dicom_node.db import Database
 from dicom_node.db.admin_models import AuditEntry, User
 from tests.peers import NodeProcess
@@ -66,7 +66,7 @@ def test_selftest_command_against_a_folder_rules_node(tmp_path: Path, level: str
     node.write_config()
     node.start()
     try:
-        done = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--config", str(node.config_path), "selftest",
+        done = subprocess.run([sys.executable, "-m", "dicom_node.cli.main", "--config", str(node.config_path), "selftest",
                                "--rule", "mr-only", "--destination", "archive", "--timeout", "60"],
                               capture_output=True, text=True, timeout=120, cwd=node.workdir)
     finally:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from dicom_node.db import Association, Database, Delivery, DeliveryItem, Instance, Job, Series, Study
-from dicom_node.metrics import ITEM_BUCKETS, render_metrics
+from dicom_node.ops.metrics import ITEM_BUCKETS, render_metrics
 from tests.web.conftest import WebEnv
 
 SAMPLE = re.compile(r'^([a-z_:][a-z0-9_:]*)(\{([a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*)?\})? (-?[0-9.e+]+|\+Inf)$')

@@ -26,7 +26,7 @@ def _versions(env: WebEnv) -> int:
 
 
 def test_anonymous_requests_get_no_data(web_env: WebEnv) -> None:
-    from dicom_node.rules_db import save_rule
+    from dicom_node.routing.rule_editing import save_rule
 
     save_rule(web_env.db, RULE, author="seed", destinations={"pacs", "archive"})
     client = web_env.client()
@@ -52,7 +52,7 @@ def test_anonymous_requests_get_no_data(web_env: WebEnv) -> None:
 
 
 def test_viewer_reads_but_cannot_change(web_env: WebEnv) -> None:
-    from dicom_node.rules_db import save_rule
+    from dicom_node.routing.rule_editing import save_rule
 
     save_rule(web_env.db, RULE, author="seed", destinations={"pacs", "archive"})
     client, csrf = web_env.login("vera", "viewer")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node import rules_db
+from dicom_node.routing import rule_editing, rule_sources
 from dicom_node.db import Database
-from dicom_node.metrics import render_metrics
+from dicom_node.ops.metrics import render_metrics
 from tests.node.test_postgres import postgres_url  # noqa: F401 - the throwaway-cluster fixture
 from tests.web.conftest import PASSWORD
 
@@ -21,14 +21,14 @@ def test_admin_tables_on_postgresql(postgres_url: str, tmp_path: Path) -> None: 
     db = Database(postgres_url)
     try:
         for name in ("b", "a"):
-            assert rules_db.save_rule(db, RULE.format(name=name), author="pg", destinations={"pacs"}).ok
-        assert rules_db.move(db, "b", -1, author="pg") == ["b", "a"]
-        rules_db.set_enabled(db, "a", False, author="pg")
-        source = rules_db.DatabaseRules(db, {"pacs"})
+            assert rule_editing.save_rule(db, RULE.format(name=name), author="pg", destinations={"pacs"}).ok
+        assert rule_editing.move(db, "b", -1, author="pg") == ["b", "a"]
+        rule_editing.set_enabled(db, "a", False, author="pg")
+        source = rule_sources.DatabaseRules(db, {"pacs"})
         assert [(r.name, r.order, r.enabled) for r in source.current().rules] == [("b", 10, True), ("a", 20, False)]
-        out = rules_db.export_to_folder(db, tmp_path / "out")
+        out = rule_editing.export_to_folder(db, tmp_path / "out")
         assert [p.name for p in out] == ["001-b.toml", "002-a.toml"]
-        assert rules_db.import_from_folder(db, tmp_path / "out", author="pg", destinations={"pacs"}).unchanged == ["b", "a"]
+        assert rule_editing.import_from_folder(db, tmp_path / "out", author="pg", destinations={"pacs"}).unchanged == ["b", "a"]
         auth.create_user(db, "pguser", PASSWORD, "viewer", created_by="pg")
         assert isinstance(auth.login(db, "pguser", PASSWORD, hours=1, client="t"), tuple)
         assert isinstance(auth.login(db, "pguser", "wrong-password", hours=1, client="t"), str)

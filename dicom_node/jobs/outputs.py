@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from ai_models.results import Classification, Detection, Segmentation
 from dicom_node.outputs import build_erased_images, build_header_fix_copy, build_seg, build_sr, stable_uid
 
-log = logging.getLogger("dicom_node.jobs")
+log = logging.getLogger("dicom_node.jobs.execute")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 * Objects left in spool slots by a power cut (their rename had not reached
   the disk) are put in place, newest copy first; slots cut off mid-write were
-  never acknowledged and are removed (see :mod:`dicom_node.spool`).
+  never acknowledged and are removed (see :mod:`dicom_node.receive.spool`).
 * Partial ``.part`` files in the spool were never acknowledged: removed.
 * Associations left open by a receiver process that no longer runs are
   closed, so completion does not wait for them until the maximum wait.
@@ -10,6 +10,12 @@
   WAL commit reached disk) are indexed again; the sender had its success
   status, so they must not be lost.
 * Deliveries caught in ``sending`` go back to the queue.
+* Model jobs caught in ``running`` go back to the queue, or fail when they
+  have used their attempts.
+
+Every start-up repair is here, run once before the receiver and the
+workers start, so nothing else in the node needs to guess whether it runs
+after a crash.
 """
 from __future__ import annotations
 
@@ -22,11 +28,13 @@ from sqlalchemy import select
 
 from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database, Instance
-from dicom_node.delivery import recover as recover_deliveries, utcnow
-from dicom_node.ingest import InstanceHeader, record_instance
-from dicom_node.spool import Spool
+from dicom_node.clock import utcnow
+from dicom_node.delivery.queue import recover as recover_deliveries
+from dicom_node.jobs.queue import recover as recover_jobs
+from dicom_node.receive.ingest import InstanceHeader, record_instance
+from dicom_node.receive.spool import Spool
 
-log = logging.getLogger("dicom_node.recovery")
+log = logging.getLogger("dicom_node.runtime.recovery")
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class RecoveryReport:
     associations_closed: int
     files_reindexed: int
     deliveries_requeued: int
+    jobs_requeued: int
 
 
 def _pid_alive(pid: int) -> bool:
@@ -87,7 +96,8 @@ def recover(config: NodeConfig, db: Database, spool: Spool) -> RecoveryReport:
             )
         reindexed += 1
     requeued = recover_deliveries(db)
-    report = RecoveryReport(pool.moved, pool.torn, removed, len(stale), reindexed, requeued)
+    jobs = recover_jobs(db, config.jobs.max_attempts)
+    report = RecoveryReport(pool.moved, pool.torn, removed, len(stale), reindexed, requeued, jobs)
     if any(vars(report).values()):
         log.warning("recovery: %s", report)
     return report

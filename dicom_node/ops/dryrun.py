@@ -15,7 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.db import Database, Series
-from dicom_node.web import ops
+from dicom_node.ops import queries
 from routing_rules import RuleSet, SeriesHeaders, StudyHeaders
 
 MAX_FILES = 500  # headers read per dry run; a series is judged on these
@@ -51,8 +51,8 @@ def from_stored_series(db: Database, series_id: int) -> DryRunInput:
         if series is None:
             raise DryRunError(f"no stored series with id {series_id}")
         sibling_ids = [s.id for s in series.study.series]
-        own = ops.item_paths(session, [series.id], MAX_FILES)
-        study = ops.item_paths(session, sibling_ids, MAX_FILES)
+        own = queries.item_paths(session, [series.id], MAX_FILES)
+        study = queries.item_paths(session, sibling_ids, MAX_FILES)
         label = f"stored series {series.series_instance_uid} ({series.modality or '?'}, {series.instance_count} instance(s))"
         uid = series.series_instance_uid
     datasets, problems = _read(own)

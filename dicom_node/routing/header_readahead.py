@@ -21,7 +21,7 @@ import time
 import pydicom
 from pydicom.dataset import Dataset
 
-log = logging.getLogger("dicom_node.dispatcher")
+log = logging.getLogger("dicom_node.routing.dispatcher")
 
 _Identity = tuple[int, int, int]
 

@@ -3,7 +3,7 @@
 Runs in its own process (``dicom-node serve`` starts it) so that nothing else
 competes for its GIL.  Each association runs in a pynetdicom thread; the
 order inside a C-STORE is fixed by the durability promise: decode the
-identifiers, write + flush + rename the file (:mod:`dicom_node.spool`),
+identifiers, write + flush + rename the file (:mod:`dicom_node.receive.spool`),
 commit the row, and only then return 0x0000.
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from datetime import datetime, timezone
 from typing import Any
 
 from pydicom.uid import (
@@ -23,15 +22,16 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import AllStoragePresentationContexts
 
-from dicom_node import reactor_wakeups
+from dicom_node.receive import pynetdicom_patches
+from dicom_node.clock import utcnow
 from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database
-from dicom_node.file_meta import received_file_meta
-from dicom_node.identifiers import Identifiers, read_identifiers
-from dicom_node.ingest import InstanceHeader, fast_recorder, record_instance
-from dicom_node.spool import Spool, SpoolError, disk_state
+from dicom_node.receive.file_meta import received_file_meta
+from dicom_node.receive.identifiers import Identifiers, read_identifiers
+from dicom_node.receive.ingest import InstanceHeader, fast_recorder, record_instance
+from dicom_node.receive.spool import Spool, SpoolError, disk_state
 
-log = logging.getLogger("dicom_node.receiver")
+log = logging.getLogger("dicom_node.receive.scp")
 
 ACCEPTED_TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
@@ -81,7 +81,7 @@ def _identifying_header(event: evt.Event) -> Any:
 
 
 def _identifiers(event: evt.Event) -> Identifiers:
-    """The identifying attributes: read from the bytes where :mod:`dicom_node.identifiers` can, else by pydicom."""
+    """The identifying attributes: read from the bytes where :mod:`dicom_node.receive.identifiers` can, else by pydicom."""
     syntax = event.context.transfer_syntax
     if not syntax.is_deflated:
         fast = read_identifiers(event.request.DataSet.getbuffer(), implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
@@ -93,10 +93,6 @@ def _identifiers(event: evt.Event) -> Identifiers:
         return str(ds.get(keyword, "") or "") or None
 
     return Identifiers(text("StudyInstanceUID"), text("SeriesInstanceUID"), text("SOPInstanceUID"), text("Modality"), text("SeriesDescription"))
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 class Receiver:
@@ -160,7 +156,7 @@ class Receiver:
         listener = getattr(event.assoc, "node_listener", None)
         row = Association(
             calling_ae=rq.ae_title.strip(), called_ae=listener.ae_title if listener else "",
-            peer_host=rq.address, peer_port=rq.port, started_at=_utcnow(), receiver_pid=self.pid,
+            peer_host=rq.address, peer_port=rq.port, started_at=utcnow(), receiver_pid=self.pid,
             instances_received=0, failures=0,
         )
         with self.db.write() as session:
@@ -183,7 +179,7 @@ class Receiver:
         with self.db.write() as session:
             row = session.get(Association, assoc_id)
             if row is not None:
-                row.ended_at = _utcnow()
+                row.ended_at = utcnow()
                 row.end_reason = "aborted" if event.event.name == "EVT_ABORTED" else "released"
                 row.instances_received = received
                 row.failures = failures
@@ -241,7 +237,7 @@ class Receiver:
         known: dict[str, tuple[int, int]] = getattr(event.assoc, "node_series", {})
         assoc_id = getattr(event.assoc, "node_association_id", None)
         try:
-            now = _utcnow()
+            now = utcnow()
             outcome = None
             if header.series_uid in known and not stored.replaced:
                 series_id, study_id = known[header.series_uid]
@@ -281,7 +277,7 @@ class Receiver:
         ]
 
     def start(self, block: bool = True) -> Any:
-        reactor_wakeups.install()
+        pynetdicom_patches.install()
         log.info("listening on %s:%d as %s", self.config.bind, self.config.port, ", ".join(l.ae_title for l in self.config.listeners))
         self._server = self.ae.start_server((self.config.bind, self.config.port), block=block, evt_handlers=self.handlers())
         return self._server

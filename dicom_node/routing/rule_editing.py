@@ -1,13 +1,10 @@
-"""Rules kept in the database, with every version, for editing through the admin app.
+"""Editing the rules kept in the database: save, enable, reorder, delete, import, export, each a new version.
 
-Selected by ``[rules] source = "database"``.  Each rule is stored as the TOML
-text of one ``[[rule]]`` (the same format as rule files, see docs/rules.md);
-every change adds a row to ``rule_versions`` (who, when, why), and the
-newest non-deleted version of each rule is the one in force.
-:class:`DatabaseRules` offers the interface of
-:class:`dicom_node.rules_store.NodeRules` (``current()`` and
-``reload_if_changed()``), so the dispatcher does not know where rules come
-from; a saved change is in force at the node's next reload (every 2 s).
+Each rule is stored as the TOML text of one ``[[rule]]`` (the same format
+as rule files, see docs/rules.md); every change adds a row to
+``rule_versions`` (who, when, why) and an audit entry; the newest
+non-deleted version of each rule is the one in force
+(:class:`dicom_node.routing.rule_sources.DatabaseRules` reads it).
 
 Evaluation order is ``order`` then rule name (a rules folder breaks ties by
 file name; :func:`export_to_folder` numbers the files in evaluation order so
@@ -19,7 +16,6 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +26,9 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db import Database
 from dicom_node.db.admin_models import RuleVersion, record_audit
-from dicom_node.delivery import utcnow
+from dicom_node.clock import utcnow
+from dicom_node.routing.actions import NODE_ACTIONS
+from dicom_node.routing.rule_sources import latest_version, latest_versions
 from routing_rules import RuleError, RuleSet, dump_rules, load_rules, parse_rules_text, rule_files
 
 log = logging.getLogger("dicom_node.rules")
@@ -38,18 +36,6 @@ log = logging.getLogger("dicom_node.rules")
 _RULE_HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]\s*(#.*)?$")
 _TABLE_HEADER = re.compile(r"^\s*\[")
 _NAME_LINE = re.compile(r"^\s*name\s*=")
-_FILE_RE = re.compile(r"^db:(?P<name>.+)@v(?P<version>\d+)$")
-
-
-def version_label(name: str, version: int) -> str:
-    """The ``file`` a database rule carries in errors and in ``Rule.file``: ``db:NAME@vN``."""
-    return f"db:{name}@v{version}"
-
-
-def parse_version_label(file: str) -> tuple[str, int] | None:
-    """(name, version) from a ``db:NAME@vN`` label; None for rules from files."""
-    match = _FILE_RE.match(file)
-    return (match["name"], int(match["version"])) if match else None
 
 
 def normalise_text(text: str) -> str:
@@ -60,116 +46,6 @@ def normalise_text(text: str) -> str:
 def text_diff(old: str, new: str, old_label: str = "before", new_label: str = "after") -> str:
     """A unified diff, as stored in the audit log and shown in the history."""
     return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), old_label, new_label))
-
-
-# --- reading ---------------------------------------------------------------------------------------
-
-
-def latest_versions(session: Session, include_deleted: bool = False) -> list[RuleVersion]:
-    """The newest version of every rule (deleted rules left out unless asked)."""
-    newest = select(RuleVersion.rule_name, func.max(RuleVersion.version).label("v")).group_by(RuleVersion.rule_name).subquery()
-    rows = session.scalars(
-        select(RuleVersion).join(newest, (RuleVersion.rule_name == newest.c.rule_name) & (RuleVersion.version == newest.c.v))
-    ).all()
-    rows = [r for r in rows if include_deleted or not r.deleted]
-    return sorted(rows, key=lambda r: (r.order, r.rule_name))
-
-
-def latest_version(session: Session, name: str) -> RuleVersion | None:
-    return session.scalar(select(RuleVersion).where(RuleVersion.rule_name == name).order_by(RuleVersion.version.desc()).limit(1))
-
-
-def history(session: Session, name: str) -> list[RuleVersion]:
-    """Every version of a rule, newest first."""
-    return list(session.scalars(select(RuleVersion).where(RuleVersion.rule_name == name).order_by(RuleVersion.version.desc())).all())
-
-
-def build_ruleset(rows: Iterable[RuleVersion], destinations: Iterable[str] | None) -> RuleSet:
-    """Parse each stored text on its own and sort the valid rules into evaluation order.
-
-    A stored rule can become invalid without being edited (a destination was
-    removed from node.toml): it is then left out and its error reported, as a
-    broken rule file would be.
-    """
-    destinations = None if destinations is None else frozenset(destinations)
-    rules, errors = [], []
-    for row in rows:
-        parsed = parse_rules_text(row.toml_text, version_label(row.rule_name, row.version), destinations)
-        errors.extend(parsed.errors)
-        rules.extend(parsed.rules)
-    rules.sort(key=lambda r: (r.order, r.name))
-    return RuleSet(rules=rules, errors=errors)
-
-
-def register_node_actions() -> None:
-    """Make the node's own action types (``model``) known to validation, where this node has them."""
-    try:
-        from dicom_node.model_action import register
-    except ImportError:  # a node without model actions: rules using them are reported invalid
-        return
-    register()
-
-
-# --- the rule source used by the node ----------------------------------------------------------------
-
-
-class DatabaseRules:
-    """The rules in force, rebuilt when ``rule_versions`` changes (interface of NodeRules)."""
-
-    def __init__(self, db: Database, destinations: Iterable[str] | None) -> None:
-        register_node_actions()
-        self.db = db
-        self.destinations = None if destinations is None else frozenset(destinations)
-        self._lock = threading.Lock()
-        self._fingerprint: tuple[Any, ...] | None = None
-        self._ruleset = RuleSet()
-        self.reload_if_changed()
-
-    def _current_fingerprint(self, session: Session) -> tuple[Any, ...]:
-        # Versions are only ever added, so the newest id and the count change with every edit.
-        return tuple(session.execute(select(func.max(RuleVersion.id), func.count(RuleVersion.id))).one())
-
-    def current(self) -> RuleSet:
-        with self._lock:
-            return self._ruleset
-
-    def reload_if_changed(self) -> bool:
-        with self.db.session() as session:
-            fingerprint = self._current_fingerprint(session)
-            if fingerprint == self._fingerprint:
-                return False
-            ruleset = build_ruleset(latest_versions(session), self.destinations)
-        with self._lock:
-            self._ruleset, self._fingerprint = ruleset, fingerprint
-        log.info("rules: %d active from the database", len(ruleset.rules))
-        for error in ruleset.errors:
-            log.error("rules: %s", error)
-        return True
-
-
-def configured_ruleset(config: Any, db: Database) -> RuleSet:
-    """A fresh load of the rules from the configured source (for the CLI and dry runs)."""
-    register_node_actions()
-    if config.rules_source == "database":
-        with db.session() as session:
-            return build_ruleset(latest_versions(session), set(config.destinations))
-    return load_rules(config.rules_folder, set(config.destinations))
-
-
-def open_rule_source(config: Any, db: Database) -> Any:
-    """The node's rule source chosen by ``[rules] source``, with self-test rules on top."""
-    from dicom_node.selftest import SelfTestRules
-
-    if config.rules_source == "database":
-        base: Any = DatabaseRules(db, set(config.destinations))
-    else:
-        from dicom_node.rules_store import NodeRules
-
-        base = NodeRules(config)
-    return SelfTestRules(base, db)
-
-
-# --- changing rules --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -197,7 +73,7 @@ def check_rule_text(
     text: str, destinations: Iterable[str] | None, *, label: str = "<editor>", expected_name: str | None = None
 ) -> tuple[Any, list[RuleError]]:
     """Validate the text of one rule: (the rule or None, errors with line numbers)."""
-    parsed = parse_rules_text(text, label, destinations)
+    parsed = parse_rules_text(text, label, destinations, NODE_ACTIONS)
     errors = list(parsed.errors)
     if errors:
         return None, errors
@@ -396,14 +272,14 @@ class ImportReport:
 
 def _texts_of_folder(folder: Path, destinations: Iterable[str] | None) -> tuple[list[tuple[Any, str]], RuleSet]:
     """Each valid rule of a folder with its own text: a one-rule file verbatim, else written out."""
-    ruleset = load_rules(folder, destinations)
+    ruleset = load_rules(folder, destinations, NODE_ACTIONS)
     verbatim: dict[str, str] = {}
     for path in rule_files(folder):
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue  # load_rules reported it
-        alone = parse_rules_text(text, str(path), None)
+        alone = parse_rules_text(text, str(path), None, NODE_ACTIONS)
         if len(alone.rules) == 1 and not alone.errors:
             verbatim[str(path)] = normalise_text(text)
     out = []

@@ -1,34 +1,31 @@
-"""Model jobs: worker processes that claim job rows, run the model, write and queue the results.
+"""Running one claimed model job: load the model (cached), read the series, predict, write and queue the outputs.
 
-Reception never waits for inference: jobs run in worker processes of their
-own (spawned by ``serve``), which keep their models loaded between jobs.
-Claiming is a conditional UPDATE, as for deliveries.  The supervisor in the
-parent process enforces the per-job timeout by killing the worker that
-overran (a model stuck in native code cannot be interrupted otherwise),
-marks the job failed, and starts a fresh worker.  A failed job never blocks
-reception or other jobs; ``dicom-node retry --job ID`` runs it again.
+A job always reaches a state: done (results written durably, deliveries
+queued in the same transaction as the state), pending again (a transient
+error with attempts left) or failed (a permanent error, named).  A failed
+job never blocks reception or other jobs; ``dicom-node retry --job ID``
+runs it again.
 """
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import time
 import traceback
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from dicom_node.config import NodeConfig
 from dicom_node.db import Database, Instance, Job, Series, Study
-from dicom_node.delivery import enqueue, utcnow
+from dicom_node.clock import utcnow
+from dicom_node.delivery.queue import enqueue
 
-log = logging.getLogger("dicom_node.jobs")
+log = logging.getLogger("dicom_node.jobs.execute")
 
 
 class JobFailure(Exception):
@@ -50,7 +47,7 @@ class ModelCache:
 
     def get(self, name: str, options: dict[str, Any]) -> LoadedModel:
         from ai_models import WeightError, get_info, load_model
-        from ai_models.cli import conventional_weight_path
+        from ai_models.catalog import conventional_weight_path
 
         info = get_info(name)
         weights = {}
@@ -98,7 +95,7 @@ def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) ->
     """Run one claimed job to a terminal state (or back to pending for a retry)."""
     from ai_models import InputError, get_info
 
-    from dicom_node.job_outputs import RunContext, build_outputs, summarize
+    from dicom_node.jobs.outputs import RunContext, build_outputs, summarize
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -165,122 +162,3 @@ def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) ->
     log.info("job %d %s done in %.2fs: %d output(s) %s", job_id, name, timings["total_s"], len(written),
              {k: round(v, 2) for k, v in timings.items()})
     return "done"
-
-
-def claim_next_job(db: Database, worker: str) -> int | None:
-    now = utcnow()
-    with db.write() as session:
-        for job_id in session.scalars(select(Job.id).where(Job.state == "pending").order_by(Job.id).limit(5)).all():
-            claimed = session.execute(
-                update(Job).where(Job.id == job_id, Job.state == "pending")
-                .values(state="running", started_at=now, attempts=Job.attempts + 1, worker=worker)
-            ).rowcount
-            if claimed:
-                return job_id
-    return None
-
-
-def run_worker(config_path: str, name: str) -> None:
-    """Entry point of a worker process: claim, run, repeat; models stay loaded."""
-    from dicom_node.config import load_config
-    from dicom_node.service import _die_with_parent, setup_logging
-
-    _die_with_parent()
-    config = load_config(config_path)
-    setup_logging(config.log_level)
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, config.jobs.workers)))
-    db = Database(config.database_url, migrate=False)
-    cache = ModelCache(config)
-    worker = f"{name}:{os.getpid()}"
-    while True:
-        job_id = claim_next_job(db, worker)
-        if job_id is None:
-            time.sleep(config.jobs.poll_seconds)
-            continue
-        execute(db, config, cache, job_id)
-
-
-class JobSupervisor:
-    """Keeps ``jobs.workers`` worker processes alive and enforces the job timeout."""
-
-    def __init__(self, config_path: Path, config: NodeConfig, db: Database) -> None:
-        self.config_path, self.config, self.db = config_path, config, db
-        self._procs: dict[str, multiprocessing.Process] = {}
-        self._ctx = multiprocessing.get_context("spawn")
-
-    def _spawn(self, name: str) -> None:
-        proc = self._ctx.Process(target=run_worker, args=(str(self.config_path), name), name=name, daemon=False)
-        proc.start()
-        self._procs[name] = proc
-
-    def start(self) -> None:
-        """Recover interrupted jobs; workers start with the first job (``check``).
-
-        Starting them lazily keeps a node without model rules small (a worker
-        imports torch: ~150 MB) and keeps start-up from competing with the
-        receiver for the CPU.
-        """
-        self.recover()
-
-    def recover(self) -> None:
-        """Jobs left ``running`` by a previous process go back to the queue (or fail when out of attempts)."""
-        with self.db.write() as session:
-            for job in session.scalars(select(Job).where(Job.state == "running")).all():
-                if job.attempts >= self.config.jobs.max_attempts:
-                    job.state, job.error, job.finished_at = "failed", "interrupted by a node restart", utcnow()
-                else:
-                    job.state = "pending"
-
-    def check(self) -> None:
-        """Called periodically: restart dead workers, stop overrunning jobs."""
-        limit = timedelta(seconds=self.config.jobs.timeout_seconds)
-        now = utcnow()
-        with self.db.session() as session:
-            overrun = session.execute(
-                select(Job.id, Job.worker).where(Job.state == "running", Job.started_at < now - limit)
-            ).all()
-        for job_id, worker in overrun:
-            name = (worker or "").split(":")[0]
-            proc = self._procs.get(name)
-            if proc is not None and proc.is_alive():
-                proc.kill()
-                proc.join(10)
-            with self.db.write() as session:
-                job = session.get(Job, job_id)
-                if job is not None and job.state == "running":
-                    job.state, job.finished_at = "failed", utcnow()
-                    job.error = f"timeout: still running after {self.config.jobs.timeout_seconds:g}s; the worker was stopped"
-            log.error("job %d exceeded the %gs timeout; worker %s stopped", job_id, self.config.jobs.timeout_seconds, name)
-        if not self._procs:
-            with self.db.session() as session:
-                waiting = session.scalar(select(Job.id).where(Job.state == "pending").limit(1))
-            if waiting is not None:
-                for i in range(self.config.jobs.workers):
-                    self._spawn(f"model-worker-{i}")
-                log.info("started %d model worker(s)", self.config.jobs.workers)
-        for name, proc in list(self._procs.items()):
-            if not proc.is_alive():
-                log.warning("model worker %s exited (code %s); starting a new one", name, proc.exitcode)
-                with self.db.write() as session:
-                    for job in session.scalars(select(Job).where(Job.state == "running", Job.worker.like(f"{name}:%"))).all():
-                        job.state, job.error, job.finished_at = "failed", f"model worker died (exit code {proc.exitcode})", utcnow()
-                self._spawn(name)
-
-    def stop(self) -> None:
-        for proc in self._procs.values():
-            proc.terminate()
-        for proc in self._procs.values():
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-
-
-def retry_jobs(db: Database, job_ids: list[int]) -> int:
-    """Queue jobs again (an operator's retry); returns how many."""
-    with db.write() as session:
-        jobs = session.scalars(select(Job).where(Job.id.in_(job_ids), Job.state.in_(("failed", "done")))).all()
-        for job in jobs:
-            job.state, job.attempts, job.error, job.finished_at = "pending", 0, None, None
-        return len(jobs)

@@ -15,7 +15,7 @@ destinations replaced by the chosen destination, runs before every other
 rule and stops evaluation (no other rule sees the test study).  Whether the
 chosen rule itself would match the synthetic series is shown too.
 
-The copy lives in ``selftest_runs``; :class:`SelfTestRules` lays the
+The copy lives in ``selftest_runs``; :class:`dicom_node.routing.rule_sources.SelfTestRules` lays the
 active ones over the node's rule source (folder or database) at each reload
 (2 s) and records when the node picked a run up.  Progress is read back from
 the router's own rows (instances, series, dispatches, jobs, deliveries), so
@@ -39,73 +39,19 @@ from sqlalchemy.orm import Session
 from dicom_node.config import DicomDestination, NodeConfig
 from dicom_node.db import Database, Delivery, Dispatch, Instance, Job, Series
 from dicom_node.db.admin_models import SelfTestRun, record_audit
-from dicom_node.delivery import utcnow
+from dicom_node.clock import utcnow
+from dicom_node.routing.actions import NODE_ACTIONS
 from routing_rules import RuleSet, parse_rules_text
 from routing_rules.dump import toml_value
 
-log = logging.getLogger("dicom_node.selftest")
+log = logging.getLogger("dicom_node.ops.selftest")
 
-ACTIVE_STATES = ("waiting", "running")
 SLICES, SIZE = 3, 64  # small: the test is about the path, not throughput
 TEMP_ORDER = -1_000_000
 
 
 class SelfTestError(ValueError):
     """The self test cannot start (unknown rule or destination, invalid rule)."""
-
-
-# --- the overlay in the node ---------------------------------------------------------------------------
-
-
-class SelfTestRules:
-    """A rule source with the active self-test rules placed before the base source's rules."""
-
-    def __init__(self, base: Any, db: Database) -> None:
-        self.base, self.db = base, db
-        self._lock = threading.Lock()
-        self._ids: tuple[int, ...] = ()
-        self._rules: list[Any] = []
-        self._combined: tuple[Any, RuleSet] | None = None
-        self._reload_own()
-
-    def current(self) -> RuleSet:
-        base = self.base.current()
-        with self._lock:
-            if not self._rules:
-                return base
-            if self._combined is None or self._combined[0] is not base:
-                self._combined = (base, RuleSet(rules=self._rules + list(base.rules), errors=list(base.errors)))
-            return self._combined[1]
-
-    def reload_if_changed(self) -> bool:
-        changed = self.base.reload_if_changed()
-        return self._reload_own() or changed
-
-    def _reload_own(self) -> bool:
-        now = utcnow()
-        with self.db.session() as session:
-            runs = session.scalars(
-                select(SelfTestRun).where(SelfTestRun.state.in_(ACTIVE_STATES), SelfTestRun.expires_at > now).order_by(SelfTestRun.id)
-            ).all()
-        ids = tuple(r.id for r in runs)
-        if ids == self._ids:
-            return False
-        rules = []
-        for run in runs:
-            parsed = parse_rules_text(run.rule_text, f"selftest:{run.id}", None)
-            rules.extend(parsed.rules)
-            for error in parsed.errors:
-                log.error("self test %d: %s", run.id, error)
-        with self._lock:
-            self._ids, self._rules, self._combined = ids, rules, None
-        fresh = [r.id for r in runs if r.activated_at is None]
-        if fresh:
-            with self.db.write() as session:
-                for run_id in fresh:
-                    row = session.get(SelfTestRun, run_id)
-                    if row is not None and row.activated_at is None:
-                        row.activated_at = utcnow()
-        return True
 
 
 # --- creating a run -----------------------------------------------------------------------------------
@@ -141,7 +87,7 @@ def create_run(
     client: str | None = None, timeout_seconds: float | None = None,
 ) -> int:
     """Validate the choice and register a run; the node picks its rule up at its next reload."""
-    from dicom_node.synthetic import UID_PREFIX
+    from dicom_node.ops.synthetic import UID_PREFIX
     from pydicom.uid import generate_uid
 
     rule = ruleset.get(rule_name)
@@ -153,7 +99,7 @@ def create_run(
     study_uid = generate_uid(prefix=UID_PREFIX)
     name = f"selftest-{secrets.token_hex(4)}"
     text = temporary_rule_text(name, rule, destination, study_uid)
-    parsed = parse_rules_text(text, "selftest", set(config.destinations))
+    parsed = parse_rules_text(text, "selftest", set(config.destinations), NODE_ACTIONS)
     if parsed.errors or len(parsed.rules) != 1:
         raise SelfTestError("cannot build the temporary rule: " + "; ".join(str(e) for e in parsed.errors))
     now = utcnow()
@@ -196,7 +142,7 @@ class Step:
 
 def temporary_rule(run: SelfTestRun) -> Any:
     """The run's temporary rule (None if its text no longer parses here)."""
-    parsed = parse_rules_text(run.rule_text, "selftest", None)
+    parsed = parse_rules_text(run.rule_text, "selftest", None, NODE_ACTIONS)
     return parsed.rules[0] if parsed.rules else None
 
 
@@ -297,8 +243,8 @@ def execute(
     """Drive a registered run to its end; returns ``passed`` or ``failed``."""
     from routing_rules.headers import SeriesHeaders
 
-    from dicom_node.sender import ItemResult, SendError, send
-    from dicom_node.synthetic import chest_ct_series, write_datasets
+    from dicom_node.delivery.send import ItemResult, SendError, send
+    from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 
     timeout = timeout_seconds or default_timeout(config)
     with db.session() as session:
@@ -393,3 +339,11 @@ def start_in_background(config: NodeConfig, db: Database, run_id: int, ruleset: 
     thread = threading.Thread(target=target, name=f"selftest-{run_id}", daemon=True)
     thread.start()
     return thread
+
+
+def start(config: NodeConfig, db: Database, ruleset: RuleSet, rule_name: str, destination: str, *, author: str,
+          client: str | None = None) -> int:
+    """Create a run and execute it in the background (the web page and the API); returns its id."""
+    run_id = create_run(config, db, ruleset, rule_name, destination, author=author, client=client)
+    start_in_background(config, db, run_id, ruleset)
+    return run_id

@@ -59,9 +59,8 @@ def cmd_create_user(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_import(args: argparse.Namespace) -> int:
-    from dicom_node.rules_db import import_from_folder, register_node_actions
+    from dicom_node.routing.rule_editing import import_from_folder
 
-    register_node_actions()
     config, db = _setup(args)
     folder = Path(args.folder)
     if not folder.is_dir():
@@ -83,7 +82,7 @@ def cmd_rules_import(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_export(args: argparse.Namespace) -> int:
-    from dicom_node.rules_db import export_to_folder
+    from dicom_node.routing.rule_editing import export_to_folder
 
     _config, db = _setup(args)
     written = export_to_folder(db, args.folder, author=_author())
@@ -95,8 +94,8 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    from dicom_node import selftest
-    from dicom_node.rules_db import configured_ruleset
+    from dicom_node.ops import selftest
+    from dicom_node.routing.rule_sources import configured_ruleset
 
     config, db = _setup(args)
     ruleset = configured_ruleset(config, db)

@@ -1,6 +1,10 @@
-"""The ``model`` rule action: validation (at rule load) and queuing (at dispatch).
+"""The node's rule actions, each validated (at rule load) and executed (at dispatch) here.
 
-In a rule::
+``forward``: the rule library validates it (its one built-in type); its
+execution queues one delivery per destination (:func:`forward_action`).
+
+``model``: validated against the model catalog (:func:`check_model_action`),
+executed by queuing one job (:func:`queue_model_job`).  In a rule::
 
     [[rule.actions]]
     type = "model"
@@ -16,14 +20,65 @@ and ``rules check`` / ``models list`` show the model as unavailable.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routing_rules.actions import ActionContext, default_registry
+from dicom_node.db import Delivery, DeliveryItem, Instance, Job
+from dicom_node.delivery.queue import enqueue
+from routing_rules.actions import ActionContext, ActionRegistry, builtin_registry
 from routing_rules.errors import ActionError
+
+@dataclass(frozen=True)
+class Target:
+    """What an action applies to: a series or a whole study in one run, or objects of a series just stored.
+
+    At instance level ``uid`` names the batch (the first object's row id and
+    version), which keeps its dispatch key unique: each copy is routed once.
+    """
+
+    level: str
+    uid: str
+    run: int
+    series_id: int | None
+    study_id: int
+    instances: list[Instance]
+
+
+class ActionHandler(Protocol):
+    def __call__(self, session: Session, target: Target, rule_name: str, action: dict[str, Any], now: datetime) -> str: ...
+
+
+def forward_action(session: Session, target: Target, rule_name: str, action: dict[str, Any], now: datetime) -> str:
+    """Queue one delivery per destination with the target's instances.
+
+    On a rerun (late instances), only copies the destination has not been
+    given yet are queued: a new instance, or a newer version of one.
+    """
+    queued = []
+    for destination in action["destinations"]:
+        already = set(
+            session.execute(
+                select(DeliveryItem.sop_instance_uid, DeliveryItem.instance_version)
+                .join(Delivery, Delivery.id == DeliveryItem.delivery_id)
+                .where(Delivery.destination == destination,
+                       DeliveryItem.sop_instance_uid.in_([i.sop_instance_uid for i in target.instances]))
+            ).all()
+        )
+        items = [(i.sop_instance_uid, i.path, i.version) for i in target.instances if (i.sop_instance_uid, i.version) not in already]
+        if not items:
+            queued.append(f"{destination}: nothing new")
+            continue
+        delivery = enqueue(
+            session, dispatch_key=f"forward|{rule_name}|{destination}|{target.level}:{target.uid}|run{target.run}",
+            destination=destination, rule_name=rule_name, items=items, now=now, series_id=target.series_id,
+        )
+        queued.append(f"{destination}: {len(items)} object(s)" if delivery else f"{destination}: already queued")
+    return "forward to " + ", ".join(queued)
+
 
 OUTPUTS_BY_KIND: dict[str, tuple[str, ...]] = {
     "classification": ("sr", "corrected-copy"),
@@ -73,16 +128,12 @@ def check_model_action(params: dict[str, Any], ctx: ActionContext) -> dict[str, 
     }
 
 
-def register() -> None:
-    """Make ``type = "model"`` known to rule validation (idempotent)."""
-    if "model" not in default_registry.names():
-        default_registry.register("model", check_model_action)
+# The action types the node's rules may use: pass it wherever the node parses rules.
+NODE_ACTIONS: ActionRegistry = builtin_registry().with_type("model", check_model_action)
 
 
-def queue_model_job(session: Session, target: Any, rule_name: str, action: dict[str, Any], now: datetime) -> str:
+def queue_model_job(session: Session, target: Target, rule_name: str, action: dict[str, Any], now: datetime) -> str:
     """Dispatcher handler: one job per (target, rule, run); a repeated dispatch queues nothing."""
-    from dicom_node.db import Job
-
     key = (Job.series_id == target.series_id) if target.level == "series" else (Job.study_id == target.study_id) & Job.series_id.is_(None)
     existing = session.scalar(select(Job.id).where(key, Job.rule_name == rule_name, Job.run_number == target.run))
     if existing is not None:
@@ -94,3 +145,7 @@ def queue_model_job(session: Session, target: Any, rule_name: str, action: dict[
     session.add(job)
     session.flush()
     return f"model {action['model']}: job {job.id} queued"
+
+
+# What the dispatcher runs for each action type of a fired rule.
+ACTION_HANDLERS: dict[str, ActionHandler] = {"forward": forward_action, "model": queue_model_job}

@@ -48,7 +48,7 @@ def _resolve_peer(config: NodeConfig, name: str | None) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dicom_node.service import serve
+    from dicom_node.runtime.service import serve
 
     _config(args)  # fail fast with the field name before anything starts
     return serve(Path(args.config))
@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_echo(args: argparse.Namespace) -> int:
     from dicom_node.config import FolderDestination
-    from dicom_node.sender import echo
+    from dicom_node.delivery.send import echo
 
     config = _config(args)
     peer = _resolve_peer(config, args.destination)
@@ -87,7 +87,7 @@ def _collect_files(paths: list[str]) -> list[str]:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from dicom_node.sender import ItemResult, SendError, send
+    from dicom_node.delivery.send import ItemResult, SendError, send
 
     config = _config(args)
     peer = _resolve_peer(config, args.to)
@@ -127,9 +127,9 @@ def cmd_send(args: argparse.Namespace) -> int:
 def status_report(config: NodeConfig) -> dict[str, Any]:
     from sqlalchemy import func, select
 
-    from dicom_node.completion import waiting_series
+    from dicom_node.routing.completion import waiting_series
     from dicom_node.db import Database, Delivery, Instance, Job, Series, Study
-    from dicom_node.delivery import utcnow
+    from dicom_node.clock import utcnow
 
     db = Database(config.database_url)
     with db.session() as session:
@@ -204,8 +204,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from dicom_node.db import Database
-    from dicom_node.delivery import retry
-    from dicom_node.jobs import retry_jobs
+    from dicom_node.delivery.queue import retry
+    from dicom_node.jobs.queue import retry_jobs
 
     if not args.delivery and not args.all_failed and not args.job:
         print("say which: --delivery ID, --job ID (both repeatable) or --all-failed", file=sys.stderr)
@@ -231,12 +231,11 @@ def _model_names() -> set[str]:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    from dicom_node.model_action import register
+    from dicom_node.routing.actions import NODE_ACTIONS
     from routing_rules.loader import load_rules
 
-    register()
     config = _config(args)
-    ruleset = load_rules(config.rules_folder, destinations=set(config.destinations), known_models=_model_names())
+    ruleset = load_rules(config.rules_folder, destinations=set(config.destinations), registry=NODE_ACTIONS, known_models=_model_names())
     for rule in ruleset.rules:
         print(f"ok     {rule.name} ({rule.level}{'' if rule.enabled else ', disabled'}) {rule.file}:{rule.line}")
     for error in ruleset.errors:
@@ -248,13 +247,12 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 def cmd_rules_test(args: argparse.Namespace) -> int:
     import pydicom
 
-    from dicom_node.model_action import register
+    from dicom_node.routing.actions import NODE_ACTIONS
     from routing_rules.headers import SeriesHeaders
     from routing_rules.loader import load_rules
 
-    register()
     config = _config(args)
-    ruleset = load_rules(config.rules_folder, destinations=set(config.destinations), known_models=_model_names())
+    ruleset = load_rules(config.rules_folder, destinations=set(config.destinations), registry=NODE_ACTIONS, known_models=_model_names())
     groups: dict[str, list[Any]] = {}
     for path in _collect_files(args.paths):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -276,7 +274,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from dicom_node.synthetic import chest_ct_series, chest_dx, write_datasets
+    from dicom_node.ops.synthetic import chest_ct_series, chest_dx, write_datasets
 
     out = Path(args.output)
     if args.kind == "ct":
@@ -288,7 +286,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from ai_models.cli import describe_models
+    from ai_models.catalog import describe_models
 
     config = _config(args)
     rows = describe_models(config.weights_dir)
@@ -347,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = rules_sub.add_parser("test", help="show which rules would fire for DICOM files or folders, and why")
     p.add_argument("paths", nargs="+")
     p.set_defaults(func=cmd_rules_test)
-    from dicom_node.web.cli_commands import register as register_admin_commands  # web admin hook
+    from dicom_node.cli.admin import register as register_admin_commands  # web admin hook
     register_admin_commands(sub, rules_sub)
 
     p = sub.add_parser("generate", help="write synthetic test DICOM (no patient data)")

@@ -1,6 +1,6 @@
 """Sending objects to destinations: a C-STORE SCU, or a copy into a folder.
 
-One association per batch (:mod:`dicom_node.store_scu`).  Each file's
+One association per batch (:mod:`dicom_node.delivery.store_scu`).  Each file's
 dataset is sent as stored (no decode) when the destination accepted its
 transfer syntax; otherwise it is decoded and sent uncompressed if pydicom
 can decompress it, and fails with a clear reason if not.  The caller gets
@@ -26,11 +26,11 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
 from dicom_node.config import Destination, DicomDestination, FolderDestination
-from dicom_node.identifiers import element_header
-from dicom_node.spool import PREAMBLE_LENGTH, Spool, parse_spool_preamble
-from dicom_node.store_scu import AssociationError, StoreAssociation
+from dicom_node.receive.identifiers import element_header
+from dicom_node.receive.spool import PREAMBLE_LENGTH, Spool, parse_spool_preamble
+from dicom_node.delivery.store_scu import AssociationError, StoreAssociation
 
-log = logging.getLogger("dicom_node.sender")
+log = logging.getLogger("dicom_node.delivery.send")
 
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node import __version__
 from dicom_node.db import Association, Database, Delivery, DeliveryItem, Instance, Job, Series, Study
-from dicom_node.delivery import utcnow
+from dicom_node.clock import utcnow
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ITEM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -2,7 +2,7 @@
 
 One sweep (driven by APScheduler every fraction of a second) applies the
 instance-level rules to objects stored since the last sweep (see
-:mod:`dicom_node.instance_routing`), marks due series complete, applies the
+:mod:`dicom_node.routing.instance_routing`), marks due series complete, applies the
 rules to every complete series and every due study, and queues what the
 matching rules ask for.  Queuing and the state
 change happen in one transaction, keyed by a dispatch key, so a crash
@@ -14,7 +14,6 @@ Action types are pluggable: ``forward`` is built in; the model runtime adds
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -22,70 +21,23 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.completion import due_studies, mark_complete_series
+from dicom_node.routing.actions import ACTION_HANDLERS, ActionHandler, Target
+from dicom_node.routing.completion import due_studies, mark_complete_series
 from dicom_node.config import NodeConfig
-from dicom_node.db import Database, Delivery, DeliveryItem, Dispatch, Instance, Series, Study
-from dicom_node.delivery import enqueue, utcnow
-from dicom_node.header_readahead import HeaderReadahead, read_header
-from dicom_node.instance_routing import PASS_LIMIT, Unrouted, mark_all_routed, mark_routed, unrouted
+from dicom_node.db import Database, Dispatch, Instance, Series, Study
+from dicom_node.clock import utcnow
+from dicom_node.routing.header_readahead import HeaderReadahead, read_header
+from dicom_node.routing.instance_routing import PASS_LIMIT, Unrouted, mark_all_routed, mark_routed, unrouted
 
 if TYPE_CHECKING:
     from routing_rules.ruleset import RuleMatch
 
-log = logging.getLogger("dicom_node.dispatcher")
+log = logging.getLogger("dicom_node.routing.dispatcher")
 
 
 def read_headers(paths: list[str]) -> list[Dataset]:
     """Headers (no pixel data) of stored files, for rule evaluation on the whole series."""
     return [header for header in map(read_header, paths) if header is not None]
-
-
-@dataclass(frozen=True)
-class Target:
-    """What an action applies to: a series or a whole study in one run, or objects of a series just stored.
-
-    At instance level ``uid`` names the batch (the first object's row id and
-    version), which keeps its dispatch key unique: each copy is routed once.
-    """
-
-    level: str
-    uid: str
-    run: int
-    series_id: int | None
-    study_id: int
-    instances: list[Instance]
-
-
-class ActionHandler(Protocol):
-    def __call__(self, session: Session, target: Target, rule_name: str, action: dict[str, Any], now: datetime) -> str: ...
-
-
-def forward_action(session: Session, target: Target, rule_name: str, action: dict[str, Any], now: datetime) -> str:
-    """Queue one delivery per destination with the target's instances.
-
-    On a rerun (late instances), only copies the destination has not been
-    given yet are queued: a new instance, or a newer version of one.
-    """
-    queued = []
-    for destination in action["destinations"]:
-        already = set(
-            session.execute(
-                select(DeliveryItem.sop_instance_uid, DeliveryItem.instance_version)
-                .join(Delivery, Delivery.id == DeliveryItem.delivery_id)
-                .where(Delivery.destination == destination,
-                       DeliveryItem.sop_instance_uid.in_([i.sop_instance_uid for i in target.instances]))
-            ).all()
-        )
-        items = [(i.sop_instance_uid, i.path, i.version) for i in target.instances if (i.sop_instance_uid, i.version) not in already]
-        if not items:
-            queued.append(f"{destination}: nothing new")
-            continue
-        delivery = enqueue(
-            session, dispatch_key=f"forward|{rule_name}|{destination}|{target.level}:{target.uid}|run{target.run}",
-            destination=destination, rule_name=rule_name, items=items, now=now, series_id=target.series_id,
-        )
-        queued.append(f"{destination}: {len(items)} object(s)" if delivery else f"{destination}: already queued")
-    return "forward to " + ", ".join(queued)
 
 
 class RulesSource(Protocol):
@@ -97,9 +49,7 @@ class Dispatcher:
 
     def __init__(self, config: NodeConfig, db: Database, rules: RulesSource, on_queued: Callable[[], None] = lambda: None) -> None:
         self.config, self.db, self.rules, self.on_queued = config, db, rules, on_queued
-        from dicom_node.model_action import queue_model_job
-
-        self.handlers: dict[str, ActionHandler] = {"forward": forward_action, "model": queue_model_job}
+        self.handlers: dict[str, ActionHandler] = dict(ACTION_HANDLERS)
         self.readahead = HeaderReadahead()
 
     def sweep(self) -> datetime | None:
@@ -177,7 +127,7 @@ class Dispatcher:
         return found.next_fire
 
     def _read_ahead(self, series_ids: list[int]) -> None:
-        """Read headers of series in their quiet period (see :mod:`dicom_node.header_readahead`)."""
+        """Read headers of series in their quiet period (see :mod:`dicom_node.routing.header_readahead`)."""
         paths: dict[int, list[str]] = {series_id: [] for series_id in series_ids}
         if series_ids:
             with self.db.session() as session:

@@ -8,12 +8,10 @@ never leaves an orphan receiver holding the port.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import signal
 import socket
-import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from dicom_node import __version__
 from dicom_node.config import NodeConfig, load_config
+from dicom_node.processes import die_with_parent, setup_logging
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
@@ -29,26 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("dicom_node")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level), stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s",
-    )
-    for noisy in ("pynetdicom", "apscheduler", "alembic", "highdicom"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        log.warning("cannot set parent-death signal; stop the receiver by hand if the node is killed")
-
-
 def run_receiver(config_path: str) -> None:
     """Entry point of the receiver child process."""
-    _die_with_parent()
+    die_with_parent()
     config = load_config(config_path)
     setup_logging(config.log_level)
     import pydicom.config
@@ -59,8 +41,8 @@ def run_receiver(config_path: str) -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     from dicom_node.db import Database
-    from dicom_node.receiver import Receiver
-    from dicom_node.spool import Spool
+    from dicom_node.receive.scp import Receiver
+    from dicom_node.receive.spool import Spool
 
     db = Database(config.database_url, migrate=False)
     receiver = Receiver(config, db, Spool(config.storage.spool, fsync=config.storage.fsync))
@@ -130,12 +112,12 @@ class Node:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         from dicom_node.db import Database
-        from dicom_node.delivery import DeliveryWorkers
-        from dicom_node.dispatcher import Dispatcher
-        from dicom_node.jobs import JobSupervisor
-        from dicom_node.recovery import recover
-        from dicom_node.rules_db import open_rule_source  # web admin hook: folder or database rules
-        from dicom_node.spool import Spool
+        from dicom_node.delivery.workers import DeliveryWorkers
+        from dicom_node.routing.dispatcher import Dispatcher
+        from dicom_node.jobs.supervisor import JobSupervisor
+        from dicom_node.runtime.recovery import recover
+        from dicom_node.routing.rule_sources import open_rule_source  # web admin hook: folder or database rules
+        from dicom_node.receive.spool import Spool
 
         config = self.config
         setup_logging(config.log_level)

@@ -38,7 +38,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
-from dicom_node.file_meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, padded_uid
+from dicom_node.receive.file_meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, padded_uid
 
 APPLICATION_CONTEXT = UID("1.2.840.10008.3.1.1.1")
 

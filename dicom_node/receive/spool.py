@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pydicom
 
-log = logging.getLogger("dicom_node.spool")
+log = logging.getLogger("dicom_node.receive.spool")
 
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 SPOOL_MARK = b"DICOM-NODE-SPOOL"  # then the file's length and a write stamp (ns), little endian
