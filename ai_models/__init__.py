@@ -10,7 +10,7 @@ Inputs are pydicom datasets, file paths or folders; results are the typed
 objects of :mod:`ai_models.results`.  This package knows nothing about
 networking or the node's database.
 """
-from ai_models.errors import ModelError, WeightError, InputError
+from ai_models.errors import InputError, ModelError, WeightError
 from ai_models.info import ModelInfo, WeightSpec
 from ai_models.registry import available_models, get_info, load_model, register
 from ai_models.results import Box, Classification, Detection, Segmentation, SliceEvidence

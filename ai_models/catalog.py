@@ -7,13 +7,13 @@ place agrees on where a weight file is and whether it is usable.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ai_models.errors import ModelError, WeightError
 from ai_models.info import ModelInfo, WeightSpec
 from ai_models.registry import available_models, load_model
-
 
 WEIGHT_EXTENSIONS: dict[str, tuple[str, ...]] = {"keras_h5": ("h5", "hdf5"), "torch_pickle": ("pth", "pt")}
 """File extensions tried, in order, when looking a weight file up by convention."""

@@ -25,13 +25,14 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from ai_models.errors import InputError, ModelError, WeightError
 from ai_models.catalog import conventional_weight_path, describe_models
+from ai_models.errors import InputError, ModelError, WeightError
 from ai_models.registry import IMPORT_ERRORS, ModelInfo, available_models, get_info, load_model
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_WEIGHTS, EXIT_INPUT = 0, 1, 2, 3, 4

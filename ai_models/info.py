@@ -6,8 +6,9 @@ loading one; :mod:`ai_models.base` and :mod:`ai_models.registry` both build on i
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 WeightFormat = Literal["keras_h5", "torch_pickle"]
 InputKind = Literal["image", "series"]

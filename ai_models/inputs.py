@@ -1,8 +1,8 @@
 """Turning what callers pass (datasets, files, folders) into pydicom datasets."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Union
 
 import numpy as np
 import pydicom
@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 
 from ai_models.errors import InputError
 
-Source = Union[Dataset, str, Path, Iterable[Union[Dataset, str, Path]]]
+Source = Dataset | str | Path | Iterable[Dataset | str | Path]
 
 
 def _read_file(path: Path) -> Dataset:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ai_models.errors import ModelError, WeightError
 from ai_models.info import ModelInfo
@@ -27,7 +29,7 @@ from ai_models.info import ModelInfo
 if TYPE_CHECKING:
     from ai_models.base import Model
 
-_REGISTRY: dict[str, tuple[ModelInfo, Callable[..., "Model"]]] = {}
+_REGISTRY: dict[str, tuple[ModelInfo, Callable[..., Model]]] = {}
 
 # Modules that register built-in models on import.  Kept as strings so that
 # a broken optional model never stops the others from loading.
@@ -49,8 +51,26 @@ _catalog_only = False  # descriptions came from a CatalogChild; modules not impo
 IMPORT_ERRORS: dict[str, str] = {}
 log = logging.getLogger("ai_models.registry")
 
+MODELS_EXTRA_MISSING = "the models extra is not installed (pip install 'dicom-node[models]')"
+MODELS_EXTRA_MODULES: tuple[str, ...] = ("torch", "SimpleITK", "cv2", "h5py", "scipy", "highdicom")
+"""Top-level modules of the ``models`` extra in pyproject.toml: the built-in models import them.
 
-def register(info: ModelInfo, factory: Callable[..., "Model"]) -> None:
+A forward-only install (``pip install dicom-node``) lacks them, so every
+built-in model is unavailable there for this one reason, said once.
+"""
+
+
+def models_extra_problem() -> str | None:
+    """None when the ``models`` extra is installed, else why not; finds the modules without importing them."""
+    missing = [name for name in MODELS_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    if len(missing) == len(MODELS_EXTRA_MODULES):
+        return MODELS_EXTRA_MISSING
+    return f"{MODELS_EXTRA_MISSING}; missing: {', '.join(missing)}"
+
+
+def register(info: ModelInfo, factory: Callable[..., Model]) -> None:
     """Add a model; a second registration under the same name replaces the first."""
     _REGISTRY[info.name] = (info, factory)
 
@@ -66,15 +86,18 @@ def _import_builtin_models() -> None:
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith(module.rsplit(".", 1)[0]):
                 continue  # the module is not part of this build yet
-            IMPORT_ERRORS[module] = f"{type(exc).__name__}: {exc}"
+            if exc.name and exc.name.split(".")[0] in MODELS_EXTRA_MODULES:
+                IMPORT_ERRORS[module] = f"{MODELS_EXTRA_MISSING}: no module named {exc.name!r}"
+            else:
+                IMPORT_ERRORS[module] = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - reported by `models list`
             IMPORT_ERRORS[module] = f"{type(exc).__name__}: {exc}"
 
 
-def _deferred_factory(name: str) -> Callable[..., "Model"]:
+def _deferred_factory(name: str) -> Callable[..., Model]:
     """A factory for a model known from the catalog only: imports the model modules at first use."""
 
-    def factory(*args: Any, **kwargs: Any) -> "Model":
+    def factory(*args: Any, **kwargs: Any) -> Model:
         global _catalog_only
         _catalog_only = False
         _import_builtin_models()  # the model's module registers its real factory over this one
@@ -133,6 +156,9 @@ class CatalogChild:
             _REGISTRY.setdefault(info.name, (info, _deferred_factory(info.name)))
         IMPORT_ERRORS.update(errors)
         _catalog_only = True
+        problem = models_extra_problem()
+        if problem is not None:
+            log.warning("model catalog: %d model(s) available; %s", len(infos), problem)
         return True
 
 
@@ -149,11 +175,15 @@ def available_models() -> list[ModelInfo]:
 
 
 def get_info(name: str) -> ModelInfo:
+    """The description of model ``name``; the ModelError for an unknown name says why it is not here."""
     _known()
     try:
         return _REGISTRY[name][0]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "none"
+        problem = models_extra_problem()
+        if problem is not None:  # not a typo in the rule: no built-in model can be here
+            raise ModelError(f"model {name!r} is not available: {problem}" + (f"; known models: {known}" if _REGISTRY else "")) from None
         raise ModelError(f"unknown model {name!r}; known models: {known}") from None
 
 
@@ -202,7 +232,7 @@ def load_model(
     weights: str | Path | Sequence[str | Path] | Mapping[str, str | Path] | None = None,
     device: str = "auto",
     **options: Any,
-) -> "Model":
+) -> Model:
     """Create a model, load its weights, and return it ready for ``predict``."""
     info = get_info(name)
     factory = _REGISTRY[name][1]

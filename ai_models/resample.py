@@ -19,7 +19,7 @@ them, so each is reproduced with the library the original used:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

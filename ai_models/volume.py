@@ -144,7 +144,7 @@ class Volume:
         spacing = tuple(self.spacing[a] for a in mapping.order)
         return np.ascontiguousarray(mapping.apply(self.array)), spacing, mapping  # type: ignore[return-value]
 
-    def to_sitk(self, array: np.ndarray | None = None) -> "sitk.Image":
+    def to_sitk(self, array: np.ndarray | None = None) -> sitk.Image:
         """This volume (or ``array`` on the same grid, e.g. a mask) as a SimpleITK image."""
         import SimpleITK as sitk
 
@@ -157,7 +157,7 @@ class Volume:
         image.SetDirection(tuple(float(v) for v in self.direction.flatten()))
         return image
 
-    def resample_from_sitk(self, image: "sitk.Image", *, nearest: bool = True, default: float = 0.0) -> np.ndarray:
+    def resample_from_sitk(self, image: sitk.Image, *, nearest: bool = True, default: float = 0.0) -> np.ndarray:
         """Sample ``image`` (any grid in the same frame of reference) onto this volume's grid.
 
         Used to bring a mask computed in a resampled, cropped or rotated
@@ -322,7 +322,7 @@ def segmentation_from_canonical(
     model_version: str,
     label_names: dict[int, str],
     details: dict | None = None,
-) -> "Segmentation":
+) -> Segmentation:
     """Wrap a label map computed in canonical layout as a Segmentation on the series' own images.
 
     The mask is mapped back through ``mapping`` so that frame ``k`` lies on

@@ -1,44 +1,205 @@
-"""``node.toml``: loading and validation.
+"""``node.toml``: its schema (pydantic models) and loading.
 
-Every field is checked at start; an invalid file raises :class:`ConfigError`
-whose message names the field (``listener[0].allowed_hosts: ...``) so an
-administrator can fix it without reading code.  Relative paths are resolved
-against the folder that holds the config file.
+The models mirror the file table by table, so a validation error's location
+is the field's place in the file.  An invalid file raises :class:`ConfigError`
+with one line per mistake, each starting with the field
+(``listener[0].allowed_hosts[1]: ...``), so an administrator can fix it
+without reading code.  Types are strict (TOML has them: ``port = "8080"`` is a
+mistake, not a port), unknown keys are rejected by name, and relative paths
+are resolved against the folder that holds the config file.  Built-in numbers
+that are not configurable are named in :mod:`dicom_node.defaults`.
 """
 from __future__ import annotations
 
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_UID_ROOT = "2.25"
-LATE_POLICIES = ("ignore", "rerun", "replace")
+LatePolicy = Literal["ignore", "rerun", "replace"]
+LATE_POLICIES: tuple[str, ...] = get_args(LatePolicy)
 _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# The key under which a destination's table name reaches its model; no TOML key looks like it.
+_TABLE_NAME = "(table name)"
+_T = TypeVar("_T")
 
 
 class ConfigError(ValueError):
-    """The configuration is invalid; the message starts with the offending field."""
+    """The configuration is invalid; each line of the message starts with the offending field."""
 
 
-@dataclass(frozen=True)
-class CompletionSettings:
-    series_quiet_seconds: float = 5.0
-    series_max_wait_seconds: float = 600.0
-    study_quiet_seconds: float = 10.0
-    study_max_wait_seconds: float = 1800.0
-    late_instances: Literal["ignore", "rerun", "replace"] = "rerun"
+# --- field types -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Listener:
-    ae_title: str
-    allowed_calling_aets: tuple[str, ...]
-    allowed_hosts: tuple[str, ...]
-    sop_classes: tuple[str, ...] = ()
+def _is_ae_title(value: str) -> bool:
+    return bool(_AE_RE.match(value)) and value.strip() == value and "\\" not in value
+
+
+def _ae_title(value: str) -> str:
+    if not _is_ae_title(value):
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable characters, no backslash, no leading/trailing spaces)")
+    return value
+
+
+def _calling_ae_title(value: str) -> str:
+    return value if value == "*" else _ae_title(value)
+
+
+def _ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
+
+def _host_or_network(value: str) -> str:
+    if value != "*":
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or network") from None
+    return value
+
+
+def _port(value: int) -> int:
+    if not 0 < value < 65536:
+        raise ValueError(f"port must be 1-65535, got {value}")
+    return value
+
+
+def _max_pdu(value: int) -> int:
+    if value < 0 or 0 < value < 4096:
+        raise ValueError(f"0 (unlimited) or >= 4096, got {value}")
+    return value
+
+
+def _uid_root(value: str) -> str:
+    if not _UID_ROOT_RE.match(value) or len(value) > 24:
+        raise ValueError(f"{value!r} is not a valid UID root (digits and dots, at most 24 characters)")
+    return value
+
+
+def _relative_to_config(value: Any, info: ValidationInfo) -> Any:
+    """A path as written in the file, resolved against the file's folder (the cwd when built in code)."""
+    if not isinstance(value, (str, Path)):
+        raise ValueError(f"expected str, got {type(value).__name__} {value!r}")
+    base = (info.context or {}).get("base", Path.cwd())
+    return (Path(base) / value).resolve()
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ValueError(f"file {path} does not exist")
+    return path
+
+
+AETitle = Annotated[str, AfterValidator(_ae_title)]
+CallingAETitle = Annotated[str, AfterValidator(_calling_ae_title)]  # an AE title or "*" (anyone)
+IPAddress = Annotated[str, AfterValidator(_ip_address)]
+HostOrNetwork = Annotated[str, AfterValidator(_host_or_network)]  # "10.0.0.0/8", "127.0.0.1" or "*"
+Port = Annotated[int, AfterValidator(_port)]
+MaxPdu = Annotated[int, AfterValidator(_max_pdu)]
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+ConfigPath = Annotated[Path, BeforeValidator(_relative_to_config)]
+ExistingFile = Annotated[ConfigPath, AfterValidator(_existing_file)]
+# A TOML array: a list in the parsed document, kept as a tuple (the models are immutable).
+Array = Annotated[tuple[_T, ...], Field(strict=False)]
+
+
+def _defaults_validated() -> Any:
+    """A table's default: its model built from ``{}`` with the file's context, so default paths resolve too."""
+    return Field(default_factory=dict, validate_default=True)
+
+
+class _Table(BaseModel):
+    """One TOML table: strict types, no unknown keys, immutable once loaded."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any, info: ValidationInfo) -> Any:
+        """Name every unknown key of the file and the known ones: a typo must not silently fall back to a default.
+
+        Only the file is validated with a context; a model built in code by field names
+        (``DicomDestination(name=...)``) is left to ``extra="forbid"``.
+        """
+        if isinstance(data, dict) and info.context is not None:
+            keys = {info.validation_alias if isinstance(info.validation_alias, str) else info.alias or name
+                    for name, info in cls.model_fields.items()}
+            unknown = sorted(set(data) - keys)
+            if unknown:
+                raise ValueError(f"unknown field(s) {unknown}; known: {sorted(keys - {_TABLE_NAME})}")
+        return data
+
+
+# --- the tables ------------------------------------------------------------------------------------
+
+
+class NodeSettings(_Table):
+    """``[node]``: the receiver's identity, address and association limits."""
+
+    ae_title: AETitle = "DICOM_NODE"
+    bind: IPAddress = "127.0.0.1"
+    port: Port = 11112
+    max_pdu: MaxPdu = 0
+    uid_root: Annotated[str, BeforeValidator(lambda v: v.rstrip(".") if isinstance(v, str) else v), AfterValidator(_uid_root)] = DEFAULT_UID_ROOT
+    max_associations: PositiveInt = 64
+    network_timeout_seconds: Positive = 120.0
+    dimse_timeout_seconds: Positive = 120.0
+
+
+class CompletionSettings(_Table):
+    """When a series / study counts as complete: ``[completion]``, or ``[listener.completion]`` on top of it."""
+
+    series_quiet_seconds: Positive = 5.0
+    series_max_wait_seconds: Positive = Field(600.0, validate_default=True)  # checked against a quiet period set alone
+    study_quiet_seconds: Positive = 10.0
+    study_max_wait_seconds: Positive = Field(1800.0, validate_default=True)
+    late_instances: LatePolicy = "rerun"
+
+    @field_validator("series_max_wait_seconds", "study_max_wait_seconds")
+    @classmethod
+    def _not_shorter_than_quiet(cls, value: float, info: ValidationInfo) -> float:
+        quiet_name = info.field_name.replace("max_wait", "quiet")  # type: ignore[union-attr]
+        quiet = info.data.get(quiet_name)  # absent when it was invalid itself
+        if quiet is not None and value < quiet:
+            raise ValueError(f"must be >= {quiet_name} ({quiet}), got {value}")
+        return value
+
+
+class CompletionSection(CompletionSettings):
+    """``[completion]``: the node-wide settings, plus how often the node looks for what has completed."""
+
+    sweep_seconds: Positive = 0.25
+
+
+class Listener(_Table):
+    """``[[listener]]``: one AE title we answer to, who may call it, what it accepts."""
+
+    ae_title: AETitle
+    allowed_calling_aets: Array[CallingAETitle] = ()
+    allowed_hosts: Array[HostOrNetwork] = ("127.0.0.1", "::1")
+    sop_classes: Array[str] = ()
     completion: CompletionSettings | None = None
 
     def allows_calling(self, aet: str) -> bool:
@@ -51,100 +212,218 @@ class Listener:
             address = ipaddress.ip_address(host)
         except ValueError:
             return host in self.allowed_hosts
-        for allowed in self.allowed_hosts:
-            try:
-                if address in ipaddress.ip_network(allowed, strict=False):
-                    return True
-            except ValueError:
-                if host == allowed:
-                    return True
-        return False
+        return any(address in ipaddress.ip_network(allowed, strict=False) for allowed in self.allowed_hosts)
 
 
-@dataclass(frozen=True)
-class DicomDestination:
-    name: str
-    ae_title: str
+class DicomDestination(_Table):
+    """``[destinations.<name>]`` with ``type = "dicom"``: C-STORE to a PACS or viewer."""
+
+    name: str = Field(validation_alias=_TABLE_NAME)
+    ae_title: AETitle
     host: str
-    port: int
-    calling_ae_title: str | None = None
-    max_pdu: int = 0
-    timeout_seconds: float = 30.0
-    kind: Literal["dicom"] = "dicom"
+    port: Port
+    calling_ae_title: AETitle | None = None
+    max_pdu: MaxPdu = 0
+    timeout_seconds: Positive = 30.0
+    kind: Literal["dicom"] = Field("dicom", alias="type")
 
 
-@dataclass(frozen=True)
-class FolderDestination:
-    name: str
-    path: Path
-    kind: Literal["folder"] = "folder"
+class FolderDestination(_Table):
+    """``[destinations.<name>]`` with ``type = "folder"``: files written under a folder."""
+
+    name: str = Field(validation_alias=_TABLE_NAME)
+    path: ConfigPath
+    kind: Literal["folder"] = Field("folder", alias="type")
 
 
 Destination = DicomDestination | FolderDestination
 
 
-@dataclass(frozen=True)
-class DeliverySettings:
-    retry_initial_seconds: float = 30.0
-    retry_max_seconds: float = 600.0
-    max_attempts: int = 10
-    workers: int = 2
-    poll_seconds: float = 0.2
+def _destination_type(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("type")
+    return getattr(value, "kind", None)
 
 
-@dataclass(frozen=True)
-class JobSettings:
-    """Model runs: worker processes, per-job timeout, result confidence."""
-
-    workers: int = 1
-    timeout_seconds: float = 900.0
-    poll_seconds: float = 0.5
-    max_attempts: int = 2
+_TaggedDestination = Annotated[
+    Union[Annotated[DicomDestination, Tag("dicom")], Annotated[FolderDestination, Tag("folder")]],
+    Discriminator(_destination_type),
+]
 
 
-@dataclass(frozen=True)
-class StorageSettings:
-    spool: Path
-    results: Path
+class StorageSettings(_Table):
+    """``[storage]``: where objects and results are kept, and when the disk counts as full."""
+
+    spool: ConfigPath = Field(Path("var/spool"), validate_default=True)
+    results: ConfigPath = Field(Path("var/results"), validate_default=True)
     fsync: bool = True
-    max_used_percent: float = 90.0
-    min_free_mb: float = 2048.0
+    max_used_percent: Annotated[float, Field(gt=0, le=100)] = 90.0
+    min_free_mb: Annotated[float, Field(ge=0)] = 2048.0
 
 
-@dataclass(frozen=True)
-class WebSettings:
+class DatabaseSettings(_Table):
+    """``[database]``: SQLite (a relative file is relative to the config) or PostgreSQL."""
+
+    url: str = Field("sqlite:///var/node.db", validate_default=True)
+
+    @field_validator("url")
+    @classmethod
+    def _supported_and_resolved(cls, url: str, info: ValidationInfo) -> str:
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+            return "sqlite:///" + str(_relative_to_config(url[len("sqlite:///"):], info))
+        if not url.startswith(("sqlite:", "postgresql")):
+            raise ValueError(f"only sqlite:/// and postgresql:// URLs are supported, got {url.split(':')[0]}:")
+        return url
+
+
+class RulesSettings(_Table):
+    """``[rules]``: where the node reads its rules (web admin hook: ``source``)."""
+
+    folder: ConfigPath = Field(Path("deploy/rules"), validate_default=True)
+    source: Literal["folder", "database"] = "folder"
+
+
+class DeliverySettings(_Table):
+    """``[delivery]``: sender threads, retries, and how many deliveries share one association."""
+
+    retry_initial_seconds: Positive = 30.0
+    retry_max_seconds: Positive = 600.0
+    max_attempts: PositiveInt = 10
+    workers: PositiveInt = 2
+    poll_seconds: Positive = 0.2
+    batch_size: PositiveInt = 32
+
+
+class JobSettings(_Table):
+    """``[jobs]``: model runs: worker processes, per-job timeout, retries."""
+
+    workers: PositiveInt = 1
+    timeout_seconds: Positive = 900.0
+    poll_seconds: Positive = 0.5
+    max_attempts: PositiveInt = 2
+
+
+class ModelsSettings(_Table):
+    """``[models]``: where weight files are looked for."""
+
+    weights_dir: ConfigPath = Field(Path("var/weights"), validate_default=True)
+
+
+class LoggingSettings(_Table):
+    """``[logging]``: the log level (any case in the file)."""
+
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)] = "INFO"
+
+
+class WebSettings(_Table):
     """The admin web app (``[web]``, see docs/admin.md): loopback by default; TLS when both files are set."""
 
     enabled: bool = True
-    bind: str = "127.0.0.1"
-    port: int = 8080
-    session_hours: float = 8.0
+    bind: IPAddress = "127.0.0.1"
+    port: Port = 8080
+    session_hours: Positive = 8.0
     secure_cookies: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_cert: ExistingFile | None = None
+    tls_key: ExistingFile | None = None
+
+    @model_validator(mode="after")
+    def _both_tls_files_or_neither(self) -> WebSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert / tls_key: give both (certificate and private key) or neither")
+        return self
 
 
-@dataclass(frozen=True)
-class NodeConfig:
-    path: Path | None
-    ae_title: str
-    bind: str
-    port: int
-    max_pdu: int
-    uid_root: str
-    storage: StorageSettings
-    database_url: str
-    completion: CompletionSettings
-    listeners: tuple[Listener, ...]
-    destinations: dict[str, Destination]
-    rules_folder: Path
-    delivery: DeliverySettings
-    weights_dir: Path
-    jobs: JobSettings
-    log_level: str = "INFO"
-    extra: dict[str, Any] = field(default_factory=dict)
-    rules_source: Literal["folder", "database"] = "folder"  # web admin hook: where the node reads rules
-    web: WebSettings = field(default_factory=WebSettings)  # web admin hook
+class NodeConfig(_Table):
+    """The whole file.  The flat properties (``config.port``, ``config.database_url``) are what the node reads."""
+
+    node: NodeSettings = _defaults_validated()
+    storage: StorageSettings = _defaults_validated()
+    database: DatabaseSettings = _defaults_validated()
+    completion: CompletionSection = _defaults_validated()
+    listeners: Array[Listener] = Field((), alias="listener")
+    destinations: dict[str, _TaggedDestination] = Field(default_factory=dict)
+    rules: RulesSettings = _defaults_validated()
+    delivery: DeliverySettings = _defaults_validated()
+    jobs: JobSettings = _defaults_validated()
+    models: ModelsSettings = _defaults_validated()
+    logging: LoggingSettings = _defaults_validated()
+    web: WebSettings = _defaults_validated()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _implied(cls, data: Any) -> Any:
+        """What the file leaves implied: destination names (their table keys), listener completion
+        settings on top of ``[completion]``, and one listener on ``node.ae_title`` when none is given."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        tables = data.get("destinations")
+        if isinstance(tables, dict):
+            data["destinations"] = {name: {**t, _TABLE_NAME: name} if isinstance(t, dict) else t for name, t in tables.items()}
+        listeners = data.get("listener", [])
+        if listeners == []:
+            node = data.get("node")
+            title = (node if isinstance(node, dict) else {}).get("ae_title", NodeSettings.model_fields["ae_title"].default)
+            if isinstance(title, str) and _is_ae_title(title):  # otherwise node.ae_title is the error to report
+                data["listener"] = [{"ae_title": title, "allowed_calling_aets": ["DICOM_NODE_SCU", "STORESCU"]}]
+        elif isinstance(listeners, list):
+            shared = data.get("completion")
+            shared = {k: v for k, v in shared.items() if k in CompletionSettings.model_fields} if isinstance(shared, dict) else {}
+            data["listener"] = [
+                {**t, "completion": {**shared, **t["completion"]}} if isinstance(t, dict) and isinstance(t.get("completion"), dict) else t
+                for t in listeners
+            ]
+        return data
+
+    @field_validator("listeners")
+    @classmethod
+    def _unique_titles(cls, listeners: tuple[Listener, ...]) -> tuple[Listener, ...]:
+        titles = [listener.ae_title for listener in listeners]
+        if len(set(titles)) != len(titles):
+            raise ValueError(f"AE titles must be unique, got {titles}")
+        return listeners
+
+    # --- what the rest of the node reads -----------------------------------------------------------
+
+    @property
+    def ae_title(self) -> str:
+        return self.node.ae_title
+
+    @property
+    def bind(self) -> str:
+        return self.node.bind
+
+    @property
+    def port(self) -> int:
+        return self.node.port
+
+    @property
+    def max_pdu(self) -> int:
+        return self.node.max_pdu
+
+    @property
+    def uid_root(self) -> str:
+        return self.node.uid_root
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url
+
+    @property
+    def rules_folder(self) -> Path:
+        return self.rules.folder
+
+    @property
+    def rules_source(self) -> Literal["folder", "database"]:
+        return self.rules.source
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.models.weights_dir
+
+    @property
+    def log_level(self) -> str:
+        return self.logging.level
 
     def listener(self, called_aet: str) -> Listener | None:
         for listener in self.listeners:
@@ -157,247 +436,59 @@ class NodeConfig:
         return listener.completion if listener and listener.completion else self.completion
 
 
-# --- validation helpers --------------------------------------------------------------------------
+# --- errors and loading ----------------------------------------------------------------------------
+
+_TYPE_NAMES = {
+    "int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str",
+    "dict_type": "table", "model_type": "table", "tuple_type": "list", "list_type": "list",
+}
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
 
 
-def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
-    if key not in table:
-        if default is ...:
-            raise ConfigError(f"{where}.{key}: required field is missing")
-        return default
-    value = table[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ConfigError(f"{where}.{key}: expected {names}, got {type(value).__name__} {value!r}")
-    return value
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``("listener", 0, "allowed_hosts", 1)`` -> ``listener[0].allowed_hosts[1]``; the file itself for ``()``."""
+    parts = list(loc)
+    if len(parts) > 2 and parts[0] == "destinations":
+        del parts[2]  # the tag ("dicom" / "folder") pydantic puts after a tagged union's key
+    where = ""
+    for part in parts:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+    return where or "node.toml"
 
 
-def _ae_title(value: str, where: str) -> str:
-    if not _AE_RE.match(value) or value.strip() != value or "\\" in value:
-        raise ConfigError(f"{where}: {value!r} is not a valid AE title (1-16 printable characters, no backslash, no leading/trailing spaces)")
-    return value
+def _line(error: Any) -> str:
+    """One error as ``field: what is wrong, got what``."""
+    kind, ctx, value, where = error["type"], error.get("ctx", {}), error.get("input"), _where(error["loc"])
+    if kind == "union_tag_invalid":
+        return f"{where}.type: must be 'dicom' or 'folder', got {ctx['tag']!r}"
+    if kind == "union_tag_not_found":
+        return f"{where}.type: required field is missing" if isinstance(value, dict) else f"{where}: expected table, got {type(value).__name__} {value!r}"
+    if kind == "missing":
+        message = "required field is missing"
+    elif kind in _TYPE_NAMES:
+        message = f"expected {_TYPE_NAMES[kind]}, got {type(value).__name__} {value!r}"
+    elif kind == "value_error":
+        message = str(ctx["error"])
+    elif kind == "literal_error":
+        message = f"must be {ctx['expected']}, got {value!r}"
+    elif kind in _BOUNDS:
+        key, sign = _BOUNDS[kind]
+        message = f"must be {sign} {ctx[key]:g}, got {value!r}"
+    else:
+        message = error["msg"]
+    return f"{where}: {message}"
 
 
-def _positive(value: float, where: str) -> float:
-    if value <= 0:
-        raise ConfigError(f"{where}: must be > 0, got {value}")
-    return value
+def _describe(exc: ValidationError) -> str:
+    return "\n".join(_line(error) for error in exc.errors(include_url=False))
 
 
-def _max_pdu(value: int, where: str) -> int:
-    if value < 0 or 0 < value < 4096:
-        raise ConfigError(f"{where}: 0 (unlimited) or >= 4096, got {value}")
-    return value
-
-
-def _port(value: int, where: str) -> int:
-    if not 0 < value < 65536:
-        raise ConfigError(f"{where}: port must be 1-65535, got {value}")
-    return value
-
-
-def _no_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
-
-
-def _completion(table: dict[str, Any], where: str, base: CompletionSettings) -> CompletionSettings:
-    _no_unknown(table, set(CompletionSettings.__dataclass_fields__), where)
-    values = {}
-    for name in ("series_quiet_seconds", "series_max_wait_seconds", "study_quiet_seconds", "study_max_wait_seconds"):
-        values[name] = _positive(_take(table, name, float, where, getattr(base, name)), f"{where}.{name}")
-    late = _take(table, "late_instances", str, where, base.late_instances)
-    if late not in LATE_POLICIES:
-        raise ConfigError(f"{where}.late_instances: must be one of {list(LATE_POLICIES)}, got {late!r}")
-    if values["series_max_wait_seconds"] < values["series_quiet_seconds"]:
-        raise ConfigError(f"{where}.series_max_wait_seconds: must be >= series_quiet_seconds")
-    if values["study_max_wait_seconds"] < values["study_quiet_seconds"]:
-        raise ConfigError(f"{where}.study_max_wait_seconds: must be >= study_quiet_seconds")
-    return CompletionSettings(late_instances=late, **values)
-
-
-def _str_list(table: dict[str, Any], key: str, where: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    value = _take(table, key, list, where, list(default))
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise ConfigError(f"{where}.{key}[{i}]: expected a string, got {item!r}")
-    return tuple(value)
-
-
-def _destination(name: str, table: dict[str, Any], base: Path) -> Destination:
-    where = f"destinations.{name}"
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table")
-    kind = _take(table, "type", str, where)
-    if kind == "folder":
-        _no_unknown(table, {"type", "path"}, where)
-        return FolderDestination(name=name, path=(base / _take(table, "path", str, where)).resolve())
-    if kind == "dicom":
-        _no_unknown(table, {"type", "ae_title", "host", "port", "calling_ae_title", "max_pdu", "timeout_seconds"}, where)
-        calling = table.get("calling_ae_title")
-        return DicomDestination(
-            name=name,
-            ae_title=_ae_title(_take(table, "ae_title", str, where), f"{where}.ae_title"),
-            host=_take(table, "host", str, where),
-            port=_port(_take(table, "port", int, where), f"{where}.port"),
-            calling_ae_title=_ae_title(calling, f"{where}.calling_ae_title") if calling is not None else None,
-            max_pdu=_max_pdu(_take(table, "max_pdu", int, where, 0), f"{where}.max_pdu"),
-            timeout_seconds=_positive(_take(table, "timeout_seconds", float, where, 30.0), f"{where}.timeout_seconds"),
-        )
-    raise ConfigError(f"{where}.type: must be 'dicom' or 'folder', got {kind!r}")
-
-
-def _web(table: dict[str, Any], base: Path) -> WebSettings:
-    """``[web]``: the admin app (web admin hook)."""
-    _no_unknown(table, set(WebSettings.__dataclass_fields__), "web")
-    bind = _take(table, "bind", str, "web", "127.0.0.1")
-    try:
-        ipaddress.ip_address(bind)
-    except ValueError:
-        raise ConfigError(f"web.bind: {bind!r} is not an IP address") from None
-    tls = {}
-    for key in ("tls_cert", "tls_key"):
-        value = _take(table, key, str, "web", None)
-        if value is not None:
-            tls[key] = (base / value).resolve()
-            if not tls[key].is_file():
-                raise ConfigError(f"web.{key}: file {tls[key]} does not exist")
-    if len(tls) == 1:
-        raise ConfigError("web.tls_cert / web.tls_key: give both (certificate and private key) or neither")
-    return WebSettings(
-        enabled=_take(table, "enabled", bool, "web", True),
-        bind=bind,
-        port=_port(_take(table, "port", int, "web", 8080), "web.port"),
-        session_hours=_positive(_take(table, "session_hours", float, "web", 8.0), "web.session_hours"),
-        secure_cookies=_take(table, "secure_cookies", bool, "web", False),
-        tls_cert=tls.get("tls_cert"),
-        tls_key=tls.get("tls_key"),
-    )
-
-
-def parse_config(data: dict[str, Any], base: Path, path: Path | None = None) -> NodeConfig:
+def parse_config(data: dict[str, Any], base: Path) -> NodeConfig:
     """Validate a parsed TOML document; ``base`` resolves relative paths."""
-    _no_unknown(data, {"node", "storage", "database", "completion", "listener", "destinations", "rules", "delivery", "models", "logging", "jobs", "web"}, "node.toml")
-    node = _take(data, "node", dict, "node.toml", {})
-    _no_unknown(node, {"ae_title", "bind", "port", "max_pdu", "uid_root"}, "node")
-    ae_title = _ae_title(_take(node, "ae_title", str, "node", "DICOM_NODE"), "node.ae_title")
-    bind = _take(node, "bind", str, "node", "127.0.0.1")
     try:
-        ipaddress.ip_address(bind)
-    except ValueError:
-        raise ConfigError(f"node.bind: {bind!r} is not an IP address") from None
-    port = _port(_take(node, "port", int, "node", 11112), "node.port")
-    max_pdu = _max_pdu(_take(node, "max_pdu", int, "node", 0), "node.max_pdu")
-    uid_root = _take(node, "uid_root", str, "node", DEFAULT_UID_ROOT).rstrip(".")
-    if not _UID_ROOT_RE.match(uid_root) or len(uid_root) > 24:
-        raise ConfigError(f"node.uid_root: {uid_root!r} is not a valid UID root (digits and dots, at most 24 characters)")
-
-    storage_t = _take(data, "storage", dict, "node.toml", {})
-    _no_unknown(storage_t, {"spool", "results", "fsync", "max_used_percent", "min_free_mb"}, "storage")
-    max_used = _take(storage_t, "max_used_percent", float, "storage", 90.0)
-    if not 0 < max_used <= 100:
-        raise ConfigError(f"storage.max_used_percent: must be in (0, 100], got {max_used}")
-    storage = StorageSettings(
-        spool=(base / _take(storage_t, "spool", str, "storage", "var/spool")).resolve(),
-        results=(base / _take(storage_t, "results", str, "storage", "var/results")).resolve(),
-        fsync=_take(storage_t, "fsync", bool, "storage", True),
-        max_used_percent=max_used,
-        min_free_mb=_take(storage_t, "min_free_mb", float, "storage", 2048.0),
-    )
-
-    db = _take(data, "database", dict, "node.toml", {})
-    _no_unknown(db, {"url"}, "database")
-    url = _take(db, "url", str, "database", "sqlite:///var/node.db")
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-        url = "sqlite:///" + str((base / url[len("sqlite:///"):]).resolve())
-    elif not url.startswith(("sqlite:", "postgresql")):
-        raise ConfigError(f"database.url: only sqlite:/// and postgresql:// URLs are supported, got {url.split(':')[0]}:")
-
-    completion = _completion(_take(data, "completion", dict, "node.toml", {}), "completion", CompletionSettings())
-
-    listeners_t = _take(data, "listener", list, "node.toml", [])
-    listeners = []
-    for i, table in enumerate(listeners_t):
-        where = f"listener[{i}]"
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}: expected a table")
-        _no_unknown(table, {"ae_title", "allowed_calling_aets", "allowed_hosts", "sop_classes", "completion"}, where)
-        hosts = _str_list(table, "allowed_hosts", where, ("127.0.0.1", "::1"))
-        for j, host in enumerate(hosts):
-            if host != "*":
-                try:
-                    ipaddress.ip_network(host, strict=False)
-                except ValueError:
-                    raise ConfigError(f"{where}.allowed_hosts[{j}]: {host!r} is not an IP address or network") from None
-        aets = _str_list(table, "allowed_calling_aets", where, ())
-        for j, aet in enumerate(aets):
-            if aet != "*":
-                _ae_title(aet, f"{where}.allowed_calling_aets[{j}]")
-        own = table.get("completion")
-        listeners.append(
-            Listener(
-                ae_title=_ae_title(_take(table, "ae_title", str, where), f"{where}.ae_title"),
-                allowed_calling_aets=aets,
-                allowed_hosts=hosts,
-                sop_classes=_str_list(table, "sop_classes", where, ()),
-                completion=_completion(own, f"{where}.completion", completion) if own is not None else None,
-            )
-        )
-    if not listeners:
-        listeners.append(Listener(ae_title, ("DICOM_NODE_SCU", "STORESCU"), ("127.0.0.1", "::1")))
-    titles = [l.ae_title for l in listeners]
-    if len(set(titles)) != len(titles):
-        raise ConfigError(f"listener: AE titles must be unique, got {titles}")
-
-    dest_t = _take(data, "destinations", dict, "node.toml", {})
-    destinations = {name: _destination(name, table, base) for name, table in dest_t.items()}
-
-    rules = _take(data, "rules", dict, "node.toml", {})
-    _no_unknown(rules, {"folder", "source"}, "rules")
-    rules_folder = (base / _take(rules, "folder", str, "rules", "deploy/rules")).resolve()
-    rules_source = _take(rules, "source", str, "rules", "folder")  # web admin hook
-    if rules_source not in ("folder", "database"):
-        raise ConfigError(f"rules.source: must be 'folder' or 'database', got {rules_source!r}")
-    web = _web(_take(data, "web", dict, "node.toml", {}), base)  # web admin hook
-
-    delivery_t = _take(data, "delivery", dict, "node.toml", {})
-    _no_unknown(delivery_t, set(DeliverySettings.__dataclass_fields__), "delivery")
-    delivery = DeliverySettings(
-        retry_initial_seconds=_positive(_take(delivery_t, "retry_initial_seconds", float, "delivery", 30.0), "delivery.retry_initial_seconds"),
-        retry_max_seconds=_positive(_take(delivery_t, "retry_max_seconds", float, "delivery", 600.0), "delivery.retry_max_seconds"),
-        max_attempts=int(_positive(_take(delivery_t, "max_attempts", int, "delivery", 10), "delivery.max_attempts")),
-        workers=int(_positive(_take(delivery_t, "workers", int, "delivery", 2), "delivery.workers")),
-        poll_seconds=_positive(_take(delivery_t, "poll_seconds", float, "delivery", 0.2), "delivery.poll_seconds"),
-    )
-
-    jobs_t = _take(data, "jobs", dict, "node.toml", {})
-    _no_unknown(jobs_t, set(JobSettings.__dataclass_fields__), "jobs")
-    jobs = JobSettings(
-        workers=int(_positive(_take(jobs_t, "workers", int, "jobs", 1), "jobs.workers")),
-        timeout_seconds=_positive(_take(jobs_t, "timeout_seconds", float, "jobs", 900.0), "jobs.timeout_seconds"),
-        poll_seconds=_positive(_take(jobs_t, "poll_seconds", float, "jobs", 0.5), "jobs.poll_seconds"),
-        max_attempts=int(_positive(_take(jobs_t, "max_attempts", int, "jobs", 2), "jobs.max_attempts")),
-    )
-
-    models = _take(data, "models", dict, "node.toml", {})
-    _no_unknown(models, {"weights_dir"}, "models")
-    weights_dir = (base / _take(models, "weights_dir", str, "models", "var/weights")).resolve()
-
-    logging_t = _take(data, "logging", dict, "node.toml", {})
-    _no_unknown(logging_t, {"level"}, "logging")
-    level = _take(logging_t, "level", str, "logging", "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"logging.level: one of DEBUG, INFO, WARNING, ERROR; got {level!r}")
-
-    return NodeConfig(
-        path=path, ae_title=ae_title, bind=bind, port=port, max_pdu=max_pdu, uid_root=uid_root,
-        storage=storage, database_url=url, completion=completion, listeners=tuple(listeners),
-        destinations=destinations, rules_folder=rules_folder, delivery=delivery, weights_dir=weights_dir, jobs=jobs,
-        log_level=level, rules_source=rules_source, web=web,
-    )
+        return NodeConfig.model_validate(data, context={"base": base})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -411,4 +502,4 @@ def load_config(path: str | Path) -> NodeConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
-    return parse_config(data, path.parent, path)
+    return parse_config(data, path.parent)

@@ -143,7 +143,9 @@ def _normalise_scalar(value: Any, field: Field, path: tuple[Any, ...]) -> str | 
         _check_finite(value, path)
     if kind is ValueKind.TEXT:
         return _as_text(value)
-    return value  # AGE and UNKNOWN: a number compares numerically, a text as text
+    if isinstance(value, (str, int, float)):
+        return value  # AGE and UNKNOWN: a number compares numerically, a text as text
+    raise SpecError(f"{field.key}: expected a text or a number, got {_toml_type(value)}", path)
 
 
 def _normalise_date_value(value: dt.date | dt.time, field: Field, path: tuple[Any, ...]) -> str:
@@ -329,7 +331,7 @@ class Condition:
 
     def _test_holds(self, test: Check, obs: Observed) -> bool:
         if test.op == "present":
-            return obs.present == test.operand
+            return bool(obs.present == test.operand)
         if not obs.values:
             positive = False
         elif self.values == "all":

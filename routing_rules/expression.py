@@ -771,7 +771,7 @@ class _Builder:
             raise self.error("the list after 'in' is empty", node)
         if len(node.elts) > MAX_LIST:
             raise self.error(f"the list after 'in' has more than {MAX_LIST} items", node)
-        values: list = []
+        values: list[str | int | float | bool] = []
         for elt in node.elts:
             if not isinstance(elt, (ast.Constant, ast.UnaryOp, ast.Name)) or (
                 isinstance(elt, ast.Name) and elt.id not in (*_WORDS, "none")

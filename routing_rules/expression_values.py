@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
+from typing import Any
 
 from routing_rules.conditions import _as_number, _date_key
 from routing_rules.fields import Observed, ValueKind
@@ -57,7 +58,7 @@ MAX_VALUES = 64
 _MAX_INT_BITS = 256  # larger header integers are read as +-infinity: no giant int <-> text work
 DATE_KINDS = frozenset({ValueKind.DATE, ValueKind.TIME, ValueKind.DATETIME})
 
-_ORDER: dict[str, Callable[[object, object], bool]] = {
+_ORDER: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
     "<=": operator.le,
     ">": operator.gt,

@@ -54,12 +54,10 @@ class _DatasetInstance:
         self._ds = ds
 
     def raw(self, tag: int) -> Any:
-        ds = self._ds
+        ds: Dataset | None = self._ds
         if tag >> 16 == 0x0002:  # file meta lives apart from the data set
             ds = getattr(ds, "file_meta", None)
-            if ds is None:
-                return None
-        if tag not in ds:
+        if ds is None or tag not in ds:
             return None
         try:
             return ds[tag].value

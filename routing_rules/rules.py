@@ -294,7 +294,7 @@ def parse_rule(table: Any, ctx: ActionContext, registry: ActionRegistry) -> tupl
                 errors.append(exc)
     if level == "instance":
         errors.extend(_instance_level_problems(actions, conditions, groups, when))
-    if errors:
+    if errors or name is None:  # a missing name is always among the errors
         return None, name, errors
     rule = Rule(
         name=name,

@@ -1,4 +1,4 @@
-"""Shared fixtures: real peers (Orthanc, dcmtk) and synthetic data."""
+"""Shared fixtures: real peers (Orthanc, dcmtk) and synthetic data; the fast tier; isolation checks."""
 from __future__ import annotations
 
 import os
@@ -8,11 +8,19 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from tests.isolation import check_pynetdicom_settings  # noqa: E402
 from tests.peers import Orthanc, StoreSCP, have  # noqa: E402
+from tests.tiers import FAST_MARKER, mark_fast  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", FAST_MARKER)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest deselects by mark (-m fast)
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
-    """Peer tests need the Debian tools; say so clearly instead of failing obscurely."""
+    """Mark the fast tier; peer tests need the Debian tools: say so clearly instead of failing obscurely."""
+    mark_fast(items)
     missing = [tool for tool in ("storescu", "storescp", "Orthanc") if not have(tool)]
     if not missing:
         return
@@ -34,3 +42,9 @@ def storescp(tmp_path: Path):
     peer = StoreSCP(tmp_path / "storescp-in").start()
     yield peer
     peer.stop()
+
+
+@pytest.fixture(autouse=True)
+def _pynetdicom_settings_unchanged(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """No test leaves a pynetdicom global switch changed for the tests after it (tests/isolation.py)."""
+    yield from check_pynetdicom_settings(request.node.nodeid)

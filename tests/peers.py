@@ -153,6 +153,9 @@ class NodeProcess:
     extra_config: str = ""
     quiet_seconds: float = 1.0
     proc: subprocess.Popen | None = None
+    # The benchmark runs an older revision of the node beside this one: its CLI module and its source folder.
+    cli_module: str = "dicom_node.cli.main"
+    source: Path | None = None
 
     @property
     def config_path(self) -> Path:
@@ -216,9 +219,12 @@ poll_seconds = 0.1
             self.write_config()
         self.log_path = self.workdir / f"node-{int(time.time() * 1000)}.log"
         self.log = open(self.log_path, "wb")
+        env = None
+        if self.source is not None:
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(self.source), os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli.main", "--config", str(self.config_path), "serve"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            [sys.executable, "-m", self.cli_module, "--config", str(self.config_path), "serve"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
         )
         wait_port(self.port, 60, self.proc)
         # The receiver listens before the dispatcher runs; tests that time routing wait for both.

@@ -18,6 +18,11 @@ that names ``dicom_node/receiver.py`` after the receiver became
   ``routing_rules.`` is a module, or a name the module it starts with defines;
 * nothing points outside the repository (``../shared/...``,
   ``/work/...``): a reader of the repository cannot follow it.
+
+And ``docs/architecture.md`` agrees with the tree and the architecture
+test: its table of packages lists the ``STAGES`` of
+``tests/test_architecture.py`` in the same order, and every module its
+flow diagram names exists.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.test_architecture import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FOLDERS = ("dicom_node/", "ai_models/", "routing_rules/", "tests/", "deploy/")
@@ -192,3 +199,33 @@ def test_the_checker_finds_each_kind_of_dead_reference(tmp_path: Path) -> None:
         "docs/page.md:6: link outside the repository: ../../elsewhere.md",
         "docs/page.md:8: no such path: dicom_node/receive/gone.py",
     ]
+
+
+def stages_in(architecture: str) -> list[tuple[str, ...]]:
+    """The packages of each numbered row of the import-rule table, as module names."""
+    section = architecture.split("## Packages and the import rule", 1)[1].split("\n## ", 1)[0]
+    stages = []
+    for line in section.splitlines():
+        row = re.match(r"^\|\s*\d+\s*\|([^|]*)\|", line)
+        if row:
+            names = [name.strip("/").replace("/", ".") for name in re.findall(r"`([^`]+)`", row.group(1))]
+            stages.append(tuple(n if n.split(".")[0] == "dicom_node" else f"dicom_node.{n}" for n in names))
+    return stages
+
+
+def test_architecture_doc_lists_the_stages_of_the_test_in_order() -> None:
+    documented = stages_in((ROOT / "docs" / "architecture.md").read_text())
+    assert [sorted(s) for s in documented] == [sorted(s) for s in STAGES]
+
+
+def test_stages_in_reads_the_table() -> None:
+    text = "## Packages and the import rule\n| # | package |\n|---|---|\n| 0 | the package `dicom_node` and `clock` |\n| 1 | `dicom_node/db/` |\n\n## Next\n| 2 | `x` |\n"
+    assert stages_in(text) == [("dicom_node", "dicom_node.clock"), ("dicom_node.db",)]
+
+
+def test_architecture_diagram_names_existing_modules() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    named = {m for _, line, fenced in lines_of(text) if fenced for m in re.findall(r"\b[a-z_]+/[a-z_]+\.py\b", line)}
+    assert len(named) > 15, named  # the diagram is there and this pattern finds its modules
+    missing = sorted(m for m in named if not (ROOT / "dicom_node" / m).is_file())
+    assert not missing, missing

@@ -37,8 +37,9 @@ output convention (probabilities, NCDHW), or given to :meth:`with_networks`.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +48,8 @@ from torch import nn
 
 from ai_models.base import Model, select_device
 from ai_models.errors import WeightError
-from ai_models.nets.unet3d import SEResUNet3D, run_network
 from ai_models.info import ModelInfo, WeightSpec
+from ai_models.nets.unet3d import SEResUNet3D, run_network
 from ai_models.registry import register
 from ai_models.resample import resample_index
 from ai_models.results import Segmentation
@@ -191,7 +192,7 @@ class KidneyTumorSegmentation(Model):
     @classmethod
     def with_networks(
         cls, networks: Mapping[str, nn.Module], device: str | torch.device = "cpu", **options: Any
-    ) -> "KidneyTumorSegmentation":
+    ) -> KidneyTumorSegmentation:
         """Build the pipeline around given networks instead of weight files (tests, experiments)."""
         return cls(weights={}, device=select_device(device), networks=networks, **options)
 

@@ -32,8 +32,8 @@ from torch import nn
 
 from ai_models.base import Model, select_device
 from ai_models.errors import InputError
-from ai_models.nets.unet3d import INUNet3D, run_network
 from ai_models.info import ModelInfo, WeightSpec
+from ai_models.nets.unet3d import INUNet3D, run_network
 from ai_models.registry import register
 from ai_models.resample import zoom_by, zoom_to_shape
 from ai_models.results import Segmentation
@@ -81,7 +81,7 @@ class LiverSegmentation(Model):
         self.net = net.to(device).eval()
 
     @classmethod
-    def with_network(cls, net: nn.Module, device: str | torch.device = "cpu", **options: Any) -> "LiverSegmentation":
+    def with_network(cls, net: nn.Module, device: str | torch.device = "cpu", **options: Any) -> LiverSegmentation:
         """Build the pipeline around a given network instead of a weight file (tests, experiments)."""
         return cls(weights={}, device=select_device(device), net=net, **options)
 

@@ -38,9 +38,9 @@ from torch import nn
 
 from ai_models.base import Model
 from ai_models.errors import InputError, ModelError
+from ai_models.info import ModelInfo, WeightSpec
 from ai_models.inputs import Source, read_datasets
 from ai_models.nets.unet_polyp import PolypUNet
-from ai_models.info import ModelInfo, WeightSpec
 from ai_models.registry import register
 from ai_models.results import Segmentation
 from ai_models.weights.torch_checkpoint import load_state_dict

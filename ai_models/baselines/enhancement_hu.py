@@ -49,7 +49,8 @@ with a probability near 0.5.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -58,8 +59,8 @@ from scipy import ndimage
 
 from ai_models.base import Model
 from ai_models.errors import InputError
-from ai_models.inputs import Source, modality_values, read_datasets
 from ai_models.info import ModelInfo
+from ai_models.inputs import Source, modality_values, read_datasets
 from ai_models.registry import register
 from ai_models.results import Classification, SliceEvidence
 

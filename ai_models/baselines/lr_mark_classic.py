@@ -57,8 +57,8 @@ from pydicom.dataset import Dataset
 from ai_models.base import Model
 from ai_models.chest.radiograph import radiograph_to_unit
 from ai_models.errors import InputError
-from ai_models.inputs import Source, read_datasets
 from ai_models.info import ModelInfo
+from ai_models.inputs import Source, read_datasets
 from ai_models.registry import register
 from ai_models.results import Box, Detection
 
@@ -222,7 +222,7 @@ def classify_letter(mask: np.ndarray) -> tuple[str, float, float]:
     """Best letter for a binary letter mask, its correlation, and the margin over the other letter."""
     vectors, letters, _ = _templates()
     scores = vectors @ _normalised(mask)
-    best = {letter: max(float(s) for s, l in zip(scores, letters) if l == letter) for letter in LETTERS}
+    best = {letter: max(float(s) for s, lab in zip(scores, letters) if lab == letter) for letter in LETTERS}
     ranked = sorted(best, key=best.get, reverse=True)
     return ranked[0], best[ranked[0]], best[ranked[0]] - best[ranked[1]]
 

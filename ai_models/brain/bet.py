@@ -36,9 +36,9 @@ from scipy import ndimage
 
 from ai_models.base import Model
 from ai_models.errors import ModelError
+from ai_models.info import ModelInfo, WeightSpec
 from ai_models.inputs import Source
 from ai_models.nets.unet_bet import BetUNet
-from ai_models.info import ModelInfo, WeightSpec
 from ai_models.registry import register
 from ai_models.results import Segmentation
 from ai_models.volume import AxisMap, read_volume, require_modality, segmentation_from_canonical

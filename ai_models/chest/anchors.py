@@ -43,7 +43,7 @@ class Letterbox:
     offset_y: int
 
     @classmethod
-    def for_image(cls, height: int, width: int, size: int = 512) -> "Letterbox":
+    def for_image(cls, height: int, width: int, size: int = 512) -> Letterbox:
         scale = size / max(height, width)
         new_w, new_h = int(width * scale), int(height * scale)
         return cls(height, width, size, scale, (size - new_w) // 2, (size - new_h) // 2)

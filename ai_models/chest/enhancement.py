@@ -38,8 +38,9 @@ slices, for inspection.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -47,11 +48,11 @@ import torch
 from pydicom.dataset import Dataset
 
 from ai_models.base import Model, channels_last
-from ai_models.nets.folding import fold_batchnorms
 from ai_models.errors import InputError, ModelError
-from ai_models.inputs import read_datasets
-from ai_models.nets.resnet50 import MI2RLResNet50Classifier
 from ai_models.info import ModelInfo, WeightSpec
+from ai_models.inputs import read_datasets
+from ai_models.nets.folding import fold_batchnorms
+from ai_models.nets.resnet50 import MI2RLResNet50Classifier
 from ai_models.registry import register
 from ai_models.results import Classification, SliceEvidence
 

@@ -37,12 +37,12 @@ import torch
 from pydicom.dataset import Dataset
 
 from ai_models.base import Model, channels_last
-from ai_models.nets.folding import fold_batchnorms
 from ai_models.chest.anchors import Letterbox, clip_boxes, decode_boxes, filter_detections, generate_anchors
 from ai_models.chest.radiograph import radiograph_to_unit, to_uint8
+from ai_models.info import ModelInfo, WeightSpec
 from ai_models.inputs import read_datasets
 from ai_models.nets.efficientdet import EfficientDetD0Lite
-from ai_models.info import ModelInfo, WeightSpec
+from ai_models.nets.folding import fold_batchnorms
 from ai_models.registry import register
 from ai_models.results import Box, Detection
 from ai_models.weights.keras_h5 import load_keras_weights_by_name

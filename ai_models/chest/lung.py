@@ -28,9 +28,9 @@ from pydicom.dataset import Dataset
 from ai_models.base import Model, channels_last
 from ai_models.chest.radiograph import radiograph_to_unit, to_uint8
 from ai_models.errors import InputError
+from ai_models.info import ModelInfo, WeightSpec
 from ai_models.inputs import read_datasets
 from ai_models.nets.unet2d_lung import LungUNet
-from ai_models.info import ModelInfo, WeightSpec
 from ai_models.registry import register
 from ai_models.results import Segmentation
 from ai_models.weights.keras_h5 import load_keras_weights_topological

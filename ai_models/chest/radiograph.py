@@ -20,7 +20,7 @@ restates what the photometric interpretation already says.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -47,7 +47,7 @@ class Window:
             raise ValueError(f"window width {self.width} is not valid for {self.function}")
 
 
-VOIChoice = Union[Literal["dataset", "none"], Window]
+VOIChoice = Literal["dataset", "none"] | Window
 
 
 def _uid(ds: Dataset) -> str:

@@ -28,12 +28,12 @@ import torch
 from pydicom.dataset import Dataset
 
 from ai_models.base import Model, channels_last
-from ai_models.nets.folding import fold_batchnorms
 from ai_models.chest.radiograph import radiograph_to_unit
 from ai_models.errors import InputError
-from ai_models.inputs import read_datasets
-from ai_models.nets.resnet50 import MI2RLResNet50Classifier
 from ai_models.info import ModelInfo, WeightSpec
+from ai_models.inputs import read_datasets
+from ai_models.nets.folding import fold_batchnorms
+from ai_models.nets.resnet50 import MI2RLResNet50Classifier
 from ai_models.registry import register
 from ai_models.results import Classification, SliceEvidence
 

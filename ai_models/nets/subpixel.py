@@ -47,7 +47,7 @@ class UpsampleConv3x3(nn.Module):
         self.phases = nn.Conv2d(in_channels, 4 * out_channels, kernel_size=2, padding=1, bias=True)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> "UpsampleConv3x3":
+    def from_conv(cls, conv: nn.Conv2d) -> UpsampleConv3x3:
         """The equivalent module for ``conv``, with its weights (and device and dtype)."""
         if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
             raise ValueError(f"needs a 3x3 convolution with stride 1, padding 1, no dilation or groups; got {conv}")

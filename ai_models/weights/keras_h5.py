@@ -12,9 +12,9 @@ MI2RLNET_MODELS.md section 2.4.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ def read_keras_h5(path: str | Path) -> list[KerasLayer]:
         raise WeightError(f"{path}: not a readable HDF5 file ({exc}); truncated or wrong format?") from exc
     layers: list[KerasLayer] = []
     with handle as f:
-        root = f["model_weights"] if "model_weights" in f else f
+        root = f.get("model_weights", f)
         if "layer_names" not in root.attrs:
             raise WeightError(
                 f"{path}: no 'layer_names' attribute; this is not a legacy Keras HDF5 weight file "

@@ -94,6 +94,7 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
+    from dicom_node.db.states import SelfTestState
     from dicom_node.ops import selftest
     from dicom_node.routing.rule_sources import configured_ruleset
 
@@ -123,12 +124,12 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     show([selftest.Step(s["name"], s["state"], None, s["detail"]) for s in report.get("steps", []) if s["name"] not in printed and s["state"] != "waiting"])
     for note in report.get("notes", []):
         print(f"  note: {note}")
-    if outcome != "passed":
+    if outcome != SelfTestState.PASSED:
         print(f"FAILED: {report.get('error')}")
     else:
         print("passed")
     db.dispose()
-    return EXIT_OK if outcome == "passed" else EXIT_FAILED
+    return EXIT_OK if outcome == SelfTestState.PASSED else EXIT_FAILED
 
 
 def register(sub: argparse._SubParsersAction, rules_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

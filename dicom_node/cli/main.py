@@ -125,50 +125,17 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def status_report(config: NodeConfig) -> dict[str, Any]:
-    from sqlalchemy import func, select
-
-    from dicom_node.routing.completion import waiting_series
-    from dicom_node.db import Database, Delivery, Instance, Job, Series, Study
+    """The report ``dicom-node status`` prints (the queries are the web's and the metrics', in ops.queries)."""
     from dicom_node.clock import utcnow
+    from dicom_node.db import Database
+    from dicom_node.ops.queries import status_report as node_status
 
     db = Database(config.database_url)
-    with db.session() as session:
-        counts = {
-            "studies": session.scalar(select(func.count()).select_from(Study)),
-            "series": dict(session.execute(select(Series.state, func.count()).group_by(Series.state)).all()),
-            "instances": session.scalar(select(func.count()).select_from(Instance)),
-            # stored, not yet through the instance-level rules (normally drained within a sweep)
-            "instances_awaiting_instance_rules": session.scalar(
-                select(func.count()).select_from(Instance).where(Instance.routed_version.is_(None))),
-            "deliveries": dict(session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()),
-            "jobs": dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all()),
-        }
-        jobs = [
-            {
-                "id": j.id, "rule": j.rule_name, "model": j.action.get("model"), "state": j.state, "run": j.run_number,
-                "attempts": j.attempts, "error": j.error, "timings": j.timings, "result": j.result,
-            }
-            for j in session.scalars(select(Job).order_by(Job.id.desc()).limit(20)).all()
-        ]
-        waits = [
-            {
-                "series_instance_uid": w.series_uid, "modality": w.modality, "instances": w.instances,
-                "open_associations": w.open_associations, "reason": w.reason,
-                "fires_at": w.fires_at.isoformat() + "Z" if w.fires_at else None,
-            }
-            for w in waiting_series(session, config, utcnow())
-        ]
-        deliveries = [
-            {
-                "id": d.id, "destination": d.destination, "rule": d.rule_name, "state": d.state, "attempts": d.attempts,
-                "objects": len(d.items), "sent": sum(1 for i in d.items if i.state == "sent"),
-                "next_attempt_at": d.next_attempt_at.isoformat() + "Z" if d.state == "pending" else None,
-                "last_error": d.last_error, "possible_duplicates": d.possible_duplicates,
-            }
-            for d in session.scalars(select(Delivery).order_by(Delivery.id.desc()).limit(50)).all()
-        ]
-    db.dispose()
-    return {"counts": counts, "waiting_series": waits, "recent_jobs": jobs, "recent_deliveries": deliveries}
+    try:
+        with db.session() as session:
+            return node_status(session, config, utcnow())
+    finally:
+        db.dispose()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -286,13 +253,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
+    """Every model and the state of its weights; exit 1 when the models extra is missing (no model can run)."""
     from ai_models.catalog import describe_models
+    from ai_models.registry import models_extra_problem
 
     config = _config(args)
     rows = describe_models(config.weights_dir)
+    problem = models_extra_problem()
+    code = EXIT_OK if problem is None else EXIT_FAILED
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
-        return EXIT_OK
+        if problem is not None:
+            print(f"models unavailable: {problem}", file=sys.stderr)
+        return code
+    if problem is not None:
+        print(f"models unavailable: {problem}")
+        if not rows:
+            return code
     print(f"weights folder: {config.weights_dir} (<model>/<key>.<ext>)")
     for row in rows:
         if row["available"]:
@@ -305,7 +282,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         for weight in row["weights"]:
             if weight["found"] and weight["valid"] is False:
                 print(f"    {weight['key']}: {weight['path']}: {weight['problem']}")
-    return EXIT_OK
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

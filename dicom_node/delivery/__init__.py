@@ -1,4 +1,4 @@
-"""Stage 4, delivery: the queue of deliveries, the worker threads, and the senders (C-STORE SCU, folder copy).
+"""Delivery: the queue of deliveries, the worker threads, and the senders (C-STORE SCU, folder copy).
 
 Owns: delivery rows and their state machine (:mod:`.queue`), the worker
 threads that claim and send batches (:mod:`.workers`), sending files to a

@@ -19,12 +19,9 @@ from sqlalchemy.orm import Session
 
 from dicom_node.clock import utcnow
 from dicom_node.db import Database, Delivery, DeliveryItem
+from dicom_node.db.states import DeliveryItemState, DeliveryState
 
 log = logging.getLogger("dicom_node.delivery.queue")
-
-# Most deliveries one worker sends over one association (same destination, all due).
-BATCH = 32
-
 
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
     """Capped exponential backoff: initial, 2x, 4x ... up to maximum."""
@@ -47,12 +44,12 @@ def enqueue(
         return None
     delivery = Delivery(
         dispatch_key=dispatch_key, destination=destination, rule_name=rule_name, series_id=series_id, job_id=job_id,
-        state="pending", attempts=0, next_attempt_at=now, created_at=now, possible_duplicates=0,
+        state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, created_at=now, possible_duplicates=0,
     )
     session.add(delivery)
     session.flush()
     session.add_all(
-        DeliveryItem(delivery_id=delivery.id, sop_instance_uid=uid, path=path, instance_version=version, state="pending")
+        DeliveryItem(delivery_id=delivery.id, sop_instance_uid=uid, path=path, instance_version=version, state=DeliveryItemState.PENDING)
         for uid, path, version in items
     )
     return delivery
@@ -61,9 +58,9 @@ def enqueue(
 def recover(db: Database) -> int:
     """Return deliveries a dead process left in ``sending`` to ``pending`` (at start-up)."""
     with db.write() as session:
-        stuck = session.scalars(select(Delivery).where(Delivery.state == "sending")).all()
+        stuck = session.scalars(select(Delivery).where(Delivery.state == DeliveryState.SENDING)).all()
         for delivery in stuck:
-            delivery.state = "pending"
+            delivery.state = DeliveryState.PENDING
             delivery.possible_duplicates += 1
             delivery.next_attempt_at = utcnow()
         if stuck:
@@ -71,27 +68,27 @@ def recover(db: Database) -> int:
         return len(stuck)
 
 
-def claim_next(db: Database, worker: str) -> list[int]:
-    """Claim the next due delivery and the other due ones to the same destination (at most :data:`BATCH`).
+def claim_next(db: Database, worker: str, batch_size: int) -> list[int]:
+    """Claim the next due delivery and the other due ones to the same destination (at most ``batch_size``).
 
     They then share one association: per series, one object each, a
     burst of radiographs would otherwise open and release an association
     per image.  Returns the claimed ids, oldest first (empty: nothing due).
     """
     now = utcnow()
-    due = (Delivery.state == "pending", Delivery.next_attempt_at <= now)
+    due = (Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
     with db.write() as session:
         first = session.scalar(select(Delivery.destination).where(*due).order_by(Delivery.next_attempt_at, Delivery.id).limit(1))
         if first is None:
             return []
         candidates = session.scalars(
-            select(Delivery.id).where(*due, Delivery.destination == first).order_by(Delivery.next_attempt_at, Delivery.id).limit(BATCH)
+            select(Delivery.id).where(*due, Delivery.destination == first).order_by(Delivery.next_attempt_at, Delivery.id).limit(batch_size)
         ).all()
         return [
             delivery_id for delivery_id in candidates
             if session.execute(
-                update(Delivery).where(Delivery.id == delivery_id, Delivery.state == "pending")
-                .values(state="sending", started_at=now, attempts=Delivery.attempts + 1)
+                update(Delivery).where(Delivery.id == delivery_id, Delivery.state == DeliveryState.PENDING)
+                .values(state=DeliveryState.SENDING, started_at=now, attempts=Delivery.attempts + 1)
             ).rowcount
         ]
 
@@ -103,10 +100,10 @@ def retry(db: Database, *, delivery_ids: list[int] | None = None, all_failed: bo
         if delivery_ids:
             query = query.where(Delivery.id.in_(delivery_ids))
         elif all_failed:
-            query = query.where(Delivery.state == "failed")
+            query = query.where(Delivery.state == DeliveryState.FAILED)
         else:
             return 0
-        rows = [d for d in session.scalars(query).all() if d.state in ("failed", "pending")]
+        rows = [d for d in session.scalars(query).all() if d.state in (DeliveryState.FAILED, DeliveryState.PENDING)]
         for delivery in rows:
-            delivery.state, delivery.attempts, delivery.next_attempt_at, delivery.finished_at = "pending", 0, utcnow(), None
+            delivery.state, delivery.attempts, delivery.next_attempt_at, delivery.finished_at = DeliveryState.PENDING, 0, utcnow(), None
         return len(rows)

@@ -14,7 +14,6 @@ import mmap
 import os
 import shutil
 import socket
-import struct
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -26,7 +25,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 
 from dicom_node.config import Destination, DicomDestination, FolderDestination
-from dicom_node.receive.identifiers import element_header
+from dicom_node.receive.file_meta import FileInfo, file_info
 from dicom_node.receive.spool import PREAMBLE_LENGTH, Spool, parse_spool_preamble
 from dicom_node.delivery.store_scu import AssociationError, StoreAssociation
 
@@ -50,55 +49,6 @@ class ItemResult:
     status: int | None
     error: str | None
     duration_ms: float
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    """What sending a Part-10 file needs from its File Meta Information, and where its dataset starts."""
-
-    path: str
-    sop_class: UID
-    sop_instance: UID
-    transfer_syntax: UID
-    dataset_offset: int
-
-
-def file_info(path: str) -> FileInfo:
-    """Read the File Meta Information group (PS3.10 section 7.1) with ``struct``.
-
-    The group is always Explicit VR Little Endian; walking it element by
-    element (rather than trusting the group length) finds the first byte
-    of the dataset even in files whose group length is wrong.  Raises
-    ``ValueError`` for a file without the ``DICM`` prefix or without the
-    three UIDs a C-STORE needs.
-    """
-    with open(path, "rb") as handle:
-        head = handle.read(132 + 4096)
-        if len(head) < 132 or head[128:132] != b"DICM":
-            raise ValueError("not a DICOM Part-10 file (no 'DICM' after the preamble)")
-        values: dict[int, bytes] = {}
-        offset = 132
-        while True:
-            while offset + 12 > len(head) and (more := handle.read(65536)):
-                head += more
-            if offset + 8 > len(head) or struct.unpack_from("<H", head, offset)[0] != 0x0002:
-                break  # the dataset starts here (its encoding may not be explicit VR: look no further)
-            try:
-                tag, length, value_at, _ = element_header(head, offset, implicit=False)
-            except struct.error:
-                raise ValueError("file meta information is truncated") from None
-            while value_at + length > len(head):
-                more = handle.read(65536)
-                if not more:
-                    raise ValueError("file meta information is truncated")
-                head += more
-            values[tag & 0xFFFF] = head[value_at:value_at + length]
-            offset = value_at + length
-    try:
-        uids = [UID(values[e].rstrip(b"\x00 ").decode("ascii")) for e in (0x0002, 0x0003, 0x0010)]
-    except KeyError as missing:
-        raise ValueError(f"file meta information lacks (0002,{missing.args[0]:04X})") from None
-    return FileInfo(path, uids[0], uids[1], uids[2], offset)
 
 
 def _contexts(infos: Iterable[FileInfo]) -> list:

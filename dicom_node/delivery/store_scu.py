@@ -38,6 +38,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
+from dicom_node.defaults import SCU_RECEIVE_MAX_PDU, SCU_UNLIMITED_FRAGMENT
 from dicom_node.receive.file_meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, padded_uid
 
 APPLICATION_CONTEXT = UID("1.2.840.10008.3.1.1.1")
@@ -47,11 +48,6 @@ ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT 
 
 # Message control header of a PDV (PS3.8 annex E.2): bit 0 command, bit 1 last fragment.
 _COMMAND, _LAST = 0x01, 0x02
-
-# Fragment size used when the peer sets no maximum PDU length (0 = unlimited).
-UNLIMITED_FRAGMENT = 4 << 20
-# Our own receive limit, advertised in the request; responses are a few hundred bytes.
-RECEIVE_MAX_PDU = 1 << 20
 
 
 class AssociationError(Exception):
@@ -136,7 +132,7 @@ class StoreAssociation:
         self._sock = sock
         self.accepted = accepted
         limits = [size for size in (peer_max_pdu, max_send_pdu) if size]
-        self.fragment_size = (min(limits) - 6) if limits else UNLIMITED_FRAGMENT  # 6: PDV item header
+        self.fragment_size = (min(limits) - 6) if limits else SCU_UNLIMITED_FRAGMENT  # 6: PDV item header
         if self.fragment_size < 1:
             raise AssociationError(f"a maximum PDU length of {min(limits)} is too small to carry data")
         self._message_id = 0
@@ -295,7 +291,7 @@ def _associate_request(calling_ae: str, called_ae: str, contexts: list[Presentat
     primitive.called_ae_title = called_ae
     primitive.presentation_context_definition_list = contexts
     max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = RECEIVE_MAX_PDU
+    max_length.maximum_length_received = SCU_RECEIVE_MAX_PDU
     implementation = ImplementationClassUIDNotification()
     implementation.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
     version = ImplementationVersionNameNotification()
@@ -321,6 +317,6 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
 def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
     """One PDU: its type and its body (what follows the 6-byte header)."""
     kind, _, length = struct.unpack(">BBI", _recv_exact(sock, 6))
-    if length > RECEIVE_MAX_PDU + 6 and kind == P_DATA:
-        raise AssociationError(f"the peer sent a {length}-byte PDU, over the {RECEIVE_MAX_PDU} bytes the node accepts")
+    if length > SCU_RECEIVE_MAX_PDU + 6 and kind == P_DATA:
+        raise AssociationError(f"the peer sent a {length}-byte PDU, over the {SCU_RECEIVE_MAX_PDU} bytes the node accepts")
     return kind, _recv_exact(sock, length)

@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, func, select, update
 from dicom_node.clock import utcnow
 from dicom_node.config import NodeConfig
 from dicom_node.db import Database, Delivery, DeliveryItem
+from dicom_node.db.states import DeliveryItemState, DeliveryState
 from dicom_node.delivery.queue import backoff_seconds, claim_next
 from dicom_node.delivery.send import ItemResult, SendError, send
 
@@ -24,7 +25,7 @@ log = logging.getLogger("dicom_node.delivery.workers")
 
 _ITEM_SENT = (
     update(DeliveryItem).where(DeliveryItem.id == bindparam("b_id"))
-    .values(state="sent", status=bindparam("b_status"), duration_ms=bindparam("b_ms"), sent_at=bindparam("b_at"), error=None)
+    .values(state=DeliveryItemState.SENT, status=bindparam("b_status"), duration_ms=bindparam("b_ms"), sent_at=bindparam("b_at"), error=None)
 )
 _ITEM_REFUSED = (
     update(DeliveryItem).where(DeliveryItem.id == bindparam("b_id"))
@@ -38,7 +39,7 @@ def run_deliveries(db: Database, config: NodeConfig, delivery_ids: list[int]) ->
         rows = session.execute(select(Delivery.id, Delivery.destination, Delivery.attempts).where(Delivery.id.in_(delivery_ids))).all()
         pending = session.execute(
             select(DeliveryItem.id, DeliveryItem.path)
-            .where(DeliveryItem.delivery_id.in_(delivery_ids), DeliveryItem.state == "pending")
+            .where(DeliveryItem.delivery_id.in_(delivery_ids), DeliveryItem.state == DeliveryItemState.PENDING)
             .order_by(DeliveryItem.delivery_id, DeliveryItem.id)
         ).all()
     attempts = {row.id: row.attempts for row in rows}
@@ -77,26 +78,26 @@ def finish(db: Database, config: NodeConfig, delivery_id: int, attempts: int, de
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None
         left = session.scalar(
-            select(func.count()).select_from(DeliveryItem).where(DeliveryItem.delivery_id == delivery_id, DeliveryItem.state == "pending")
+            select(func.count()).select_from(DeliveryItem).where(DeliveryItem.delivery_id == delivery_id, DeliveryItem.state == DeliveryItemState.PENDING)
         )
         now = utcnow()
         if not left:
             error = None  # every object of this delivery is there, whatever happened later in the batch
-            delivery.state, delivery.finished_at, delivery.last_error = "delivered", now, None
+            delivery.state, delivery.finished_at, delivery.last_error = DeliveryState.DELIVERED, now, None
         else:
             if error is None:
                 first = session.scalar(
-                    select(DeliveryItem.error).where(DeliveryItem.delivery_id == delivery_id, DeliveryItem.state == "pending", DeliveryItem.error.is_not(None)).limit(1)
+                    select(DeliveryItem.error).where(DeliveryItem.delivery_id == delivery_id, DeliveryItem.state == DeliveryItemState.PENDING, DeliveryItem.error.is_not(None)).limit(1)
                 )
                 error = f"{left} object(s) not accepted: {first}"
             delivery.last_error = error
             if permanent or attempts >= config.delivery.max_attempts:
-                delivery.state, delivery.finished_at = "failed", now
+                delivery.state, delivery.finished_at = DeliveryState.FAILED, now
             else:
                 delay = backoff_seconds(attempts, config.delivery.retry_initial_seconds, config.delivery.retry_max_seconds)
-                delivery.state, delivery.next_attempt_at = "pending", now + timedelta(seconds=delay)
+                delivery.state, delivery.next_attempt_at = DeliveryState.PENDING, now + timedelta(seconds=delay)
         state = delivery.state
-    log_fn = log.info if state == "delivered" else log.warning
+    log_fn = log.info if state == DeliveryState.DELIVERED else log.warning
     log_fn("delivery %d to %s: %s (attempt %d)%s", delivery_id, destination_name, state, attempts, f": {error}" if error else "")
     return state
 
@@ -123,7 +124,7 @@ class DeliveryWorkers:
     def _loop(self, name: str) -> None:
         while not self._stop.is_set():
             try:
-                delivery_ids = claim_next(self.db, name)
+                delivery_ids = claim_next(self.db, name, self.config.delivery.batch_size)
             except Exception:  # noqa: BLE001 - a DB hiccup must not kill the worker
                 log.exception("claiming a delivery failed")
                 delivery_ids = []

@@ -1,4 +1,4 @@
-"""Stage 3, model jobs: the queue of job rows, the worker processes that run models, and their supervisor.
+"""Model jobs: the queue of job rows, the worker processes that run models, and their supervisor.
 
 Owns: claiming, retrying and recovering job rows (:mod:`.queue`), running
 one job (:mod:`.execute`), the worker process loop (:mod:`.worker`), the

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from dicom_node.config import NodeConfig
 from dicom_node.db import Database, Instance, Job, Series, Study
+from dicom_node.db.states import JobState
 from dicom_node.clock import utcnow
 from dicom_node.delivery.queue import enqueue
 
@@ -91,11 +92,12 @@ def _sources(session, job: Job) -> list[Instance]:  # type: ignore[no-untyped-de
     return list(session.scalars(select(Instance).where(Instance.series_id.in_(series_ids)).order_by(Instance.id)).all())
 
 
-def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) -> str:
+def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) -> JobState:
     """Run one claimed job to a terminal state (or back to pending for a retry)."""
     from ai_models import InputError, get_info
 
-    from dicom_node.jobs.outputs import RunContext, build_outputs, summarize
+    from dicom_node.jobs.outputs import RunContext, build_outputs
+    from dicom_node.jobs.results import JobResult, OutputRef, summarize
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -131,9 +133,8 @@ def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) ->
         folder = config.storage.results / f"job-{job_id}"
         written = [(str(ds.SOPInstanceUID), str(_write_result(folder, ds))) for ds in outputs]
         timings["outputs_s"] = time.perf_counter() - t
-        summary = summarize(results)
-        summary["outputs"] = [{"sop_instance_uid": uid, "modality": str(ds.Modality)} for (uid, _), ds in zip(written, outputs)]
-        summary["model"], summary["model_version"] = name, loaded.version
+        summary = JobResult(summarize(results), tuple(OutputRef(uid, str(ds.Modality)) for (uid, _), ds in zip(written, outputs)),
+                            name, loaded.version)
     except Exception as exc:  # noqa: BLE001 - a job must always reach a state
         permanent = isinstance(exc, (JobFailure, InputError))
         message = f"{type(exc).__name__}: {exc}"
@@ -143,11 +144,11 @@ def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) ->
             job = session.get(Job, job_id)
             assert job is not None
             retry = not permanent and attempts < config.jobs.max_attempts
-            job.state, job.error = ("pending" if retry else "failed"), message
+            job.state, job.error = (JobState.PENDING if retry else JobState.FAILED), message
             job.finished_at = None if retry else utcnow()
             job.timings = {k: round(v, 3) for k, v in timings.items()}
         log.error("job %d (%s on rule %s) %s: %s", job_id, action.get("model"), rule_name, "will be retried" if retry else "failed", message)
-        return "pending" if retry else "failed"
+        return JobState.PENDING if retry else JobState.FAILED
     timings["total_s"] = time.perf_counter() - start
     now = utcnow()
     with db.write() as session:
@@ -156,9 +157,9 @@ def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) ->
         for destination in action.get("destinations", []) if written else []:
             enqueue(session, dispatch_key=f"job|{job_id}|{written[0][0]}|{destination}", destination=destination, rule_name=rule_name,
                     items=[(uid, path, 1) for uid, path in written], now=now, series_id=job.series_id, job_id=job_id)
-        job.state, job.finished_at, job.error = "done", now, None
-        job.result = summary
+        job.state, job.finished_at, job.error = JobState.DONE, now, None
+        job.result = summary.to_json()
         job.timings = {k: round(v, 3) for k, v in timings.items()}
     log.info("job %d %s done in %.2fs: %d output(s) %s", job_id, name, timings["total_s"], len(written),
              {k: round(v, 2) for k, v in timings.items()})
-    return "done"
+    return JobState.DONE

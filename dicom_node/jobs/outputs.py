@@ -137,22 +137,3 @@ def _corrected_copy(sources: list[Dataset], result: Classification, action: dict
         result.model, sources[0].SeriesInstanceUID, result.header_value, result.label, result.confidence, decision,
     )
     return copies
-
-
-def summarize(results: list[Any]) -> dict[str, Any]:
-    """A JSON-able summary of the results: the job row's ``result`` and the rules' findings."""
-    items = []
-    for result in results:
-        if isinstance(result, Classification):
-            items.append({
-                "kind": "classification", "label": result.label, "confidence": round(result.confidence, 4),
-                "probabilities": {k: round(float(v), 4) for k, v in result.probabilities.items()},
-                "header_value": result.header_value, "agrees_with_header": result.agrees_with_header,
-            })
-        elif isinstance(result, Detection):
-            items.append({"kind": "detection", "boxes": [
-                {"label": b.label, "score": round(b.score, 4), "box": [round(v, 1) for v in (b.x0, b.y0, b.x1, b.y1)]} for b in result.boxes]})
-        elif isinstance(result, Segmentation):
-            items.append({"kind": "segmentation", "labels": result.label_names, "volumes_ml": result.volumes_ml,
-                          "voxels": {name: int(np.count_nonzero(result.mask == value)) for value, name in result.label_names.items()}})
-    return {"results": items}

@@ -11,16 +11,17 @@ from sqlalchemy import select, update
 
 from dicom_node.clock import utcnow
 from dicom_node.db import Database, Job
+from dicom_node.db.states import JobState
 
 
 def claim_next_job(db: Database, worker: str) -> int | None:
     """Claim the oldest pending job for ``worker``; ``None`` when there is none."""
     now = utcnow()
     with db.write() as session:
-        for job_id in session.scalars(select(Job.id).where(Job.state == "pending").order_by(Job.id).limit(5)).all():
+        for job_id in session.scalars(select(Job.id).where(Job.state == JobState.PENDING).order_by(Job.id).limit(5)).all():
             claimed = session.execute(
-                update(Job).where(Job.id == job_id, Job.state == "pending")
-                .values(state="running", started_at=now, attempts=Job.attempts + 1, worker=worker)
+                update(Job).where(Job.id == job_id, Job.state == JobState.PENDING)
+                .values(state=JobState.RUNNING, started_at=now, attempts=Job.attempts + 1, worker=worker)
             ).rowcount
             if claimed:
                 return job_id
@@ -30,19 +31,19 @@ def claim_next_job(db: Database, worker: str) -> int | None:
 def recover(db: Database, max_attempts: int) -> int:
     """Jobs left ``running`` by a previous process go back to the queue (or fail when out of attempts)."""
     with db.write() as session:
-        jobs = session.scalars(select(Job).where(Job.state == "running")).all()
+        jobs = session.scalars(select(Job).where(Job.state == JobState.RUNNING)).all()
         for job in jobs:
             if job.attempts >= max_attempts:
-                job.state, job.error, job.finished_at = "failed", "interrupted by a node restart", utcnow()
+                job.state, job.error, job.finished_at = JobState.FAILED, "interrupted by a node restart", utcnow()
             else:
-                job.state = "pending"
+                job.state = JobState.PENDING
     return len(jobs)
 
 
 def retry_jobs(db: Database, job_ids: list[int]) -> int:
     """Queue jobs again (an operator's retry); returns how many."""
     with db.write() as session:
-        jobs = session.scalars(select(Job).where(Job.id.in_(job_ids), Job.state.in_(("failed", "done")))).all()
+        jobs = session.scalars(select(Job).where(Job.id.in_(job_ids), Job.state.in_((JobState.FAILED, JobState.DONE)))).all()
         for job in jobs:
-            job.state, job.attempts, job.error, job.finished_at = "pending", 0, None, None
+            job.state, job.attempts, job.error, job.finished_at = JobState.PENDING, 0, None, None
         return len(jobs)

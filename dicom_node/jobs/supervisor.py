@@ -16,6 +16,7 @@ from sqlalchemy import select
 from dicom_node.clock import utcnow
 from dicom_node.config import NodeConfig
 from dicom_node.db import Database, Job
+from dicom_node.db.states import JobState
 from dicom_node.jobs.worker import run_worker
 
 log = logging.getLogger("dicom_node.jobs.supervisor")
@@ -49,7 +50,7 @@ class JobSupervisor:
         now = utcnow()
         with self.db.session() as session:
             overrun = session.execute(
-                select(Job.id, Job.worker).where(Job.state == "running", Job.started_at < now - limit)
+                select(Job.id, Job.worker).where(Job.state == JobState.RUNNING, Job.started_at < now - limit)
             ).all()
         for job_id, worker in overrun:
             name = (worker or "").split(":")[0]
@@ -59,13 +60,13 @@ class JobSupervisor:
                 proc.join(10)
             with self.db.write() as session:
                 job = session.get(Job, job_id)
-                if job is not None and job.state == "running":
-                    job.state, job.finished_at = "failed", utcnow()
+                if job is not None and job.state == JobState.RUNNING:
+                    job.state, job.finished_at = JobState.FAILED, utcnow()
                     job.error = f"timeout: still running after {self.config.jobs.timeout_seconds:g}s; the worker was stopped"
             log.error("job %d exceeded the %gs timeout; worker %s stopped", job_id, self.config.jobs.timeout_seconds, name)
         if not self._procs:
             with self.db.session() as session:
-                waiting = session.scalar(select(Job.id).where(Job.state == "pending").limit(1))
+                waiting = session.scalar(select(Job.id).where(Job.state == JobState.PENDING).limit(1))
             if waiting is not None:
                 for i in range(self.config.jobs.workers):
                     self._spawn(f"model-worker-{i}")
@@ -74,8 +75,8 @@ class JobSupervisor:
             if not proc.is_alive():
                 log.warning("model worker %s exited (code %s); starting a new one", name, proc.exitcode)
                 with self.db.write() as session:
-                    for job in session.scalars(select(Job).where(Job.state == "running", Job.worker.like(f"{name}:%"))).all():
-                        job.state, job.error, job.finished_at = "failed", f"model worker died (exit code {proc.exitcode})", utcnow()
+                    for job in session.scalars(select(Job).where(Job.state == JobState.RUNNING, Job.worker.like(f"{name}:%"))).all():
+                        job.state, job.error, job.finished_at = JobState.FAILED, f"model worker died (exit code {proc.exitcode})", utcnow()
                 self._spawn(name)
 
     def stop(self) -> None:

@@ -15,10 +15,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.db import Database, Series
+from dicom_node.defaults import DRY_RUN_MAX_FILES
 from dicom_node.ops import queries
 from routing_rules import RuleSet, SeriesHeaders, StudyHeaders
-
-MAX_FILES = 500  # headers read per dry run; a series is judged on these
 
 
 class DryRunError(ValueError):
@@ -51,8 +50,8 @@ def from_stored_series(db: Database, series_id: int) -> DryRunInput:
         if series is None:
             raise DryRunError(f"no stored series with id {series_id}")
         sibling_ids = [s.id for s in series.study.series]
-        own = queries.item_paths(session, [series.id], MAX_FILES)
-        study = queries.item_paths(session, sibling_ids, MAX_FILES)
+        own = queries.item_paths(session, [series.id], DRY_RUN_MAX_FILES)
+        study = queries.item_paths(session, sibling_ids, DRY_RUN_MAX_FILES)
         label = f"stored series {series.series_instance_uid} ({series.modality or '?'}, {series.instance_count} instance(s))"
         uid = series.series_instance_uid
     datasets, problems = _read(own)
@@ -65,7 +64,7 @@ def from_stored_series(db: Database, series_id: int) -> DryRunInput:
 def from_uploads(files: list[tuple[str, bytes]]) -> DryRunInput:
     series: dict[str, list[Dataset]] = {}
     problems = []
-    for name, data in files[:MAX_FILES]:
+    for name, data in files[:DRY_RUN_MAX_FILES]:
         try:
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         except Exception as exc:  # noqa: BLE001

@@ -1,4 +1,23 @@
-"""Read models for the operations pages and the JSON API, straight from the router's tables.
+"""Read models for the operations pages, the JSON API, ``dicom-node status`` and /metrics, straight from the router's tables.
+
+One set of count functions serves the CLI, the web and the metrics, so the
+three agree.  They are bounded: none reads every row of a history table,
+however long the node has run.
+
+- States that are work in flight (``receiving``, ``pending``, ``sending``,
+  ``running``) and ``failed`` (waiting for an operator) are counted on the
+  ``state`` index: the cost grows with the queue, not with the history.
+- The finished state of a table (series ``dispatched``, job ``done``,
+  delivery ``delivered``, item ``sent``) is the rest: the table's row count
+  minus the other states.  The row count is ``MAX(id)``, one index lookup.
+  On SQLite that is exact: the node deletes no router rows and SQLite gives
+  a rolled-back insert's rowid to the next insert, so ids are dense.  On
+  PostgreSQL a rolled-back insert burns a sequence number, so these totals
+  (and the finished counts) can be a few high after insert races; if rows
+  are ever purged, the totals must come from elsewhere.
+- Each count is one SQL statement (a ``UNION ALL`` of the state counts and
+  ``MAX(id)``), so it is read from one snapshot and a row changing state
+  between two queries cannot be counted twice or not at all.
 
 Only UIDs, modalities, series descriptions, counts, states, errors and
 times are shown: no patient names or IDs (the node logs none either).
@@ -6,32 +25,134 @@ times are shown: no patient names or IDs (the node logs none either).
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from dicom_node.db import Association, Delivery, Dispatch, Instance, Job, Series, Study
+from dicom_node.config import NodeConfig
+from dicom_node.db import Association, Delivery, DeliveryItem, Dispatch, Instance, Job, Series, Study
+from dicom_node.db.states import DeliveryItemState, DeliveryState, JobState, SeriesState, StudyState
+from dicom_node.routing.completion import waiting_series
+
+_TOTAL = ""  # the row of a count query that carries MAX(id); never a state
 
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value else None
 
 
-def _grouped(session: Session, column: Any) -> dict[str, int]:
-    return {str(k): int(v) for k, v in session.execute(select(column, func.count()).group_by(column)).all()}
+def total_rows(session: Session, model: Any) -> int:
+    """Rows ever inserted into ``model``'s table: ``MAX(id)`` (see the module docstring for why that is exact)."""
+    return int(session.scalar(select(func.coalesce(func.max(model.id), 0))) or 0)
+
+
+def _by_state(session: Session, counted: Any, model: Any, rest: StrEnum) -> dict[str, int]:
+    """``{state: count}`` for the states ``counted`` selects, plus ``rest`` = total minus those; zeros left out.
+
+    ``counted`` is a select of (state, count) rows over an index; keys come
+    sorted, as a ``GROUP BY state`` over the index gave them before.
+    """
+    total = select(literal(_TOTAL), func.coalesce(func.max(model.id), 0))
+    rows = {str(state): int(n) for state, n in session.execute(union_all(counted, total)).all()}
+    out = {state: n for state, n in rows.items() if state != _TOTAL and n}
+    remainder = rows.get(_TOTAL, 0) - sum(out.values())
+    if remainder:
+        out[str(rest)] = remainder
+    return dict(sorted(out.items()))
+
+
+def _state_counts(session: Session, model: Any, active: tuple[StrEnum, ...], rest: StrEnum) -> dict[str, int]:
+    counted = select(model.state, func.count()).where(model.state.in_([str(s) for s in active])).group_by(model.state)
+    return _by_state(session, counted, model, rest)
+
+
+def series_counts(session: Session) -> dict[str, int]:
+    return _state_counts(session, Series, (SeriesState.RECEIVING, SeriesState.COMPLETE), SeriesState.DISPATCHED)
+
+
+def study_counts(session: Session) -> dict[str, int]:
+    return _state_counts(session, Study, (StudyState.RECEIVING, StudyState.COMPLETE), StudyState.DISPATCHED)
+
+
+def job_counts(session: Session) -> dict[str, int]:
+    return _state_counts(session, Job, (JobState.PENDING, JobState.RUNNING, JobState.FAILED), JobState.DONE)
+
+
+def delivery_counts(session: Session) -> dict[str, int]:
+    active = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.FAILED)
+    return _state_counts(session, Delivery, active, DeliveryState.DELIVERED)
+
+
+def delivery_item_counts(session: Session) -> dict[str, int]:
+    """Items by state.  A delivery becomes ``delivered`` only when none of its items is pending, so the
+    pending items are found through the unfinished and failed deliveries (state index, then the
+    (delivery_id, state) index) and every other item is sent."""
+    unfinished = select(Delivery.id).where(Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.FAILED]))
+    counted = (select(DeliveryItem.state, func.count())
+               .where(DeliveryItem.delivery_id.in_(unfinished), DeliveryItem.state == DeliveryItemState.PENDING)
+               .group_by(DeliveryItem.state))
+    return _by_state(session, counted, DeliveryItem, DeliveryItemState.SENT)
+
+
+def open_associations(session: Session) -> int:
+    """Inbound associations not yet ended (``ended_at`` index)."""
+    return int(session.scalar(select(func.count(Association.id)).where(Association.ended_at.is_(None))) or 0)
+
+
+def instances_awaiting_instance_rules(session: Session) -> int:
+    """Stored, not yet through the instance-level rules (the partial index holds only those)."""
+    return int(session.scalar(select(func.count()).select_from(Instance).where(Instance.routed_version.is_(None))) or 0)
 
 
 def counts(session: Session) -> dict[str, Any]:
     """The numbers at the top of the operations page (polled by its script)."""
     return {
-        "studies": session.scalar(select(func.count(Study.id))) or 0,
-        "instances": session.scalar(select(func.count(Instance.id))) or 0,
-        "open_associations": session.scalar(select(func.count(Association.id)).where(Association.ended_at.is_(None))) or 0,
-        "series": _grouped(session, Series.state),
-        "jobs": _grouped(session, Job.state),
-        "deliveries": _grouped(session, Delivery.state),
+        "studies": total_rows(session, Study),
+        "instances": total_rows(session, Instance),
+        "open_associations": open_associations(session),
+        "series": series_counts(session),
+        "jobs": job_counts(session),
+        "deliveries": delivery_counts(session),
     }
+
+
+def status_report(session: Session, config: NodeConfig, now: datetime) -> dict[str, Any]:
+    """What ``dicom-node status`` prints: counts, series waiting for completion, recent jobs and deliveries."""
+    status_counts = {
+        "studies": total_rows(session, Study),
+        "series": series_counts(session),
+        "instances": total_rows(session, Instance),
+        "instances_awaiting_instance_rules": instances_awaiting_instance_rules(session),
+        "deliveries": delivery_counts(session),
+        "jobs": job_counts(session),
+    }
+    jobs = [
+        {
+            "id": j.id, "rule": j.rule_name, "model": j.action.get("model"), "state": j.state, "run": j.run_number,
+            "attempts": j.attempts, "error": j.error, "timings": j.timings, "result": j.result,
+        }
+        for j in session.scalars(select(Job).order_by(Job.id.desc()).limit(20)).all()
+    ]
+    waits = [
+        {
+            "series_instance_uid": w.series_uid, "modality": w.modality, "instances": w.instances,
+            "open_associations": w.open_associations, "reason": w.reason,
+            "fires_at": w.fires_at.isoformat() + "Z" if w.fires_at else None,
+        }
+        for w in waiting_series(session, config, now)
+    ]
+    deliveries = [
+        {
+            "id": d.id, "destination": d.destination, "rule": d.rule_name, "state": d.state, "attempts": d.attempts,
+            "objects": len(d.items), "sent": sum(1 for i in d.items if i.state == DeliveryItemState.SENT),
+            "next_attempt_at": d.next_attempt_at.isoformat() + "Z" if d.state == DeliveryState.PENDING else None,
+            "last_error": d.last_error, "possible_duplicates": d.possible_duplicates,
+        }
+        for d in session.scalars(select(Delivery).order_by(Delivery.id.desc()).limit(50)).all()
+    ]
+    return {"counts": status_counts, "waiting_series": waits, "recent_jobs": jobs, "recent_deliveries": deliveries}
 
 
 def delivery_row(delivery: Delivery) -> dict[str, Any]:

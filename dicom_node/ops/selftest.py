@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from dicom_node.config import DicomDestination, NodeConfig
 from dicom_node.db import Database, Delivery, Dispatch, Instance, Job, Series
 from dicom_node.db.admin_models import SelfTestRun, record_audit
+from dicom_node.db.states import DeliveryState, JobState, SelfTestState
 from dicom_node.clock import utcnow
 from dicom_node.routing.actions import NODE_ACTIONS
 from routing_rules import RuleSet, parse_rules_text
@@ -107,7 +108,7 @@ def create_run(
     with db.write() as session:
         run = SelfTestRun(
             created_at=now, expires_at=now + timedelta(seconds=timeout + 60), author=author, rule_name=rule_name,
-            destination=destination, study_uid=study_uid, series_uid="", instances=SLICES, rule_text=text, state="waiting",
+            destination=destination, study_uid=study_uid, series_uid="", instances=SLICES, rule_text=text, state=SelfTestState.WAITING,
             notes=[],
         )
         session.add(run)
@@ -151,7 +152,7 @@ def progress(session: Session, run: SelfTestRun) -> list[Step]:
     steps = [Step("rule loaded by the node", "done" if run.activated_at else "waiting", run.activated_at,
                   "" if run.activated_at else "the node reloads rules every 2 s; is it running?")]
     if run.sent_at is None:
-        steps.append(Step("sent (C-STORE to the node)", "failed" if run.state == "failed" else "waiting", None, run.error or ""))
+        steps.append(Step("sent (C-STORE to the node)", "failed" if run.state == SelfTestState.FAILED else "waiting", None, run.error or ""))
         return steps
     sent_done = run.sent_at + timedelta(seconds=run.send_seconds or 0)
     steps.append(Step("sent (C-STORE to the node)", "done", sent_done, f"{run.instances} instance(s) in {run.send_seconds or 0:.2f} s"))
@@ -177,8 +178,8 @@ def progress(session: Session, run: SelfTestRun) -> list[Step]:
         if not jobs:
             steps.append(Step("model run", "waiting", None, "no job yet"))
         else:
-            failed = [j for j in jobs if j.state == "failed"]
-            done = all(j.state == "done" for j in jobs)
+            failed = [j for j in jobs if j.state == JobState.FAILED]
+            done = all(j.state == JobState.DONE for j in jobs)
             state = "failed" if failed else "done" if done else "waiting"
             at = max((j.finished_at for j in jobs if j.finished_at), default=None)
             detail = failed[0].error or "" if failed else ", ".join(f"job {j.id} {j.state}" for j in jobs)
@@ -187,10 +188,10 @@ def progress(session: Session, run: SelfTestRun) -> list[Step]:
     if not deliveries:
         steps.append(Step(f"delivered to {run.destination}", "waiting", None, "nothing queued yet"))
     else:
-        failed = [d for d in deliveries if d.state == "failed"]
+        failed = [d for d in deliveries if d.state == DeliveryState.FAILED]
         if failed:
             steps.append(Step(f"delivered to {run.destination}", "failed", failed[0].finished_at, failed[0].last_error or ""))
-        elif all(d.state == "delivered" for d in deliveries):
+        elif all(d.state == DeliveryState.DELIVERED for d in deliveries):
             at = max(d.finished_at for d in deliveries if d.finished_at)
             objects = sum(len(d.items) for d in deliveries)
             steps.append(Step(f"delivered to {run.destination}", "done", at, f"{objects} object(s) in {len(deliveries)} deliver{'y' if len(deliveries) == 1 else 'ies'}"))
@@ -239,7 +240,7 @@ def execute(
     config: NodeConfig, db: Database, run_id: int, *, ruleset: RuleSet | None = None,
     on_progress: Callable[[list[Step]], None] | None = None, poll_seconds: float = 0.25,
     activation_timeout: float = 15.0, timeout_seconds: float | None = None,
-) -> str:
+) -> SelfTestState:
     """Drive a registered run to its end; returns ``passed`` or ``failed``."""
     from routing_rules.headers import SeriesHeaders
 
@@ -273,9 +274,9 @@ def execute(
         if activated is not None:
             break
         if time.monotonic() > deadline:
-            _update(db, run_id, state="failed", finished_at=utcnow(),
+            _update(db, run_id, state=SelfTestState.FAILED, finished_at=utcnow(),
                     error=f"the node did not load the self-test rule within {activation_timeout:.0f} s: is it running with this database?")
-            return "failed"
+            return SelfTestState.FAILED
         time.sleep(poll_seconds)
 
     peer, calling = _own_node(config)
@@ -289,16 +290,16 @@ def execute(
         paths = [str(p) for p in write_datasets(datasets, Path(tmp), "SELFTEST")]
         started = utcnow()
         clock = time.perf_counter()
-        _update(db, run_id, state="running")
+        _update(db, run_id, state=SelfTestState.RUNNING)
         try:
             send(peer, paths, calling, on_result)
         except SendError as exc:
             failures.append(str(exc))
         took = time.perf_counter() - clock
     if failures:
-        _update(db, run_id, state="failed", finished_at=utcnow(), sent_at=started, send_seconds=took,
+        _update(db, run_id, state=SelfTestState.FAILED, finished_at=utcnow(), sent_at=started, send_seconds=took,
                 error=f"sending to the node ({calling} -> {peer.ae_title}@{peer.host}:{peer.port}) failed: {failures[0]}")
-        return "failed"
+        return SelfTestState.FAILED
     _update(db, run_id, sent_at=started, send_seconds=took)
 
     deadline = time.monotonic() + timeout
@@ -314,15 +315,15 @@ def execute(
             shown = summary
         if any(s.state == "failed" for s in steps):
             failed = next(s for s in steps if s.state == "failed")
-            _update(db, run_id, state="failed", finished_at=utcnow(), error=f"{failed.name}: {failed.detail}")
-            return "failed"
+            _update(db, run_id, state=SelfTestState.FAILED, finished_at=utcnow(), error=f"{failed.name}: {failed.detail}")
+            return SelfTestState.FAILED
         if all(s.state in ("done", "skipped") for s in steps):
-            _update(db, run_id, state="passed", finished_at=utcnow())
-            return "passed"
+            _update(db, run_id, state=SelfTestState.PASSED, finished_at=utcnow())
+            return SelfTestState.PASSED
         if time.monotonic() > deadline:
             waiting = next(s for s in steps if s.state == "waiting")
-            _update(db, run_id, state="failed", finished_at=utcnow(), error=f"timed out after {timeout:.0f} s at step '{waiting.name}' ({waiting.detail})")
-            return "failed"
+            _update(db, run_id, state=SelfTestState.FAILED, finished_at=utcnow(), error=f"timed out after {timeout:.0f} s at step '{waiting.name}' ({waiting.detail})")
+            return SelfTestState.FAILED
         time.sleep(poll_seconds)
 
 
@@ -334,7 +335,7 @@ def start_in_background(config: NodeConfig, db: Database, run_id: int, ruleset: 
             execute(config, db, run_id, ruleset=ruleset)
         except Exception as exc:  # noqa: BLE001 - the run must end in a state the page can show
             log.exception("self test %d crashed", run_id)
-            _update(db, run_id, state="failed", finished_at=utcnow(), error=f"{type(exc).__name__}: {exc}")
+            _update(db, run_id, state=SelfTestState.FAILED, finished_at=utcnow(), error=f"{type(exc).__name__}: {exc}")
 
     thread = threading.Thread(target=target, name=f"selftest-{run_id}", daemon=True)
     thread.start()

@@ -1,4 +1,4 @@
-"""Stage 1, reception: the C-STORE SCP and everything an object needs before the node answers 0x0000.
+"""Reception: the C-STORE SCP and everything an object needs before the node answers 0x0000.
 
 Owns: the SCP and its association checks (:mod:`.scp`), reading the
 identifying attributes from the dataset bytes (:mod:`.identifiers`), the

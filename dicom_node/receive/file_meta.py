@@ -1,5 +1,6 @@
-"""The File Meta Information group of a received object, encoded directly.
+"""The Part-10 File Meta Information group: encoded for each received object, decoded for each one sent.
 
+Encoding (:func:`received_file_meta`):
 Every stored object needs a Part-10 header (PS3.10 section 7.1) in front of
 the dataset bytes it arrived with.  Building it through pydicom
 (``event.file_meta`` and ``write_file_meta_info``) creates a dataset,
@@ -8,12 +9,20 @@ about 0.3-1 ms per object, paid inside the C-STORE round trip.  The group
 is eight fixed elements in Explicit VR Little Endian, so it is encoded
 here with ``struct`` in microseconds.  ``tests/node/test_file_meta.py``
 checks the bytes against pydicom's encoding.
+
+Decoding (:func:`file_info`): the sender needs the three UIDs and the
+offset of the dataset of every file it sends, before it negotiates; read
+with ``struct`` too, element by element.
 """
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
+from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+from dicom_node.receive.identifiers import element_header
 
 IMPLEMENTATION_CLASS_UID = str(PYNETDICOM_IMPLEMENTATION_UID)
 IMPLEMENTATION_VERSION_NAME = PYNETDICOM_IMPLEMENTATION_VERSION
@@ -60,3 +69,52 @@ def received_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_synta
         _element(0x0016, b"AE", _text(source_ae_title)),
     ))
     return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What sending a Part-10 file needs from its File Meta Information, and where its dataset starts."""
+
+    path: str
+    sop_class: UID
+    sop_instance: UID
+    transfer_syntax: UID
+    dataset_offset: int
+
+
+def file_info(path: str) -> FileInfo:
+    """Read the File Meta Information group (PS3.10 section 7.1) with ``struct``.
+
+    The group is always Explicit VR Little Endian; walking it element by
+    element (rather than trusting the group length) finds the first byte
+    of the dataset even in files whose group length is wrong.  Raises
+    ``ValueError`` for a file without the ``DICM`` prefix or without the
+    three UIDs a C-STORE needs.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(132 + 4096)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            raise ValueError("not a DICOM Part-10 file (no 'DICM' after the preamble)")
+        values: dict[int, bytes] = {}
+        offset = 132
+        while True:
+            while offset + 12 > len(head) and (more := handle.read(65536)):
+                head += more
+            if offset + 8 > len(head) or struct.unpack_from("<H", head, offset)[0] != 0x0002:
+                break  # the dataset starts here (its encoding may not be explicit VR: look no further)
+            try:
+                tag, length, value_at, _ = element_header(head, offset, implicit=False)
+            except struct.error:
+                raise ValueError("file meta information is truncated") from None
+            while value_at + length > len(head):
+                more = handle.read(65536)
+                if not more:
+                    raise ValueError("file meta information is truncated")
+                head += more
+            values[tag & 0xFFFF] = head[value_at:value_at + length]
+            offset = value_at + length
+    try:
+        uids = [UID(values[e].rstrip(b"\x00 ").decode("ascii")) for e in (0x0002, 0x0003, 0x0010)]
+    except KeyError as missing:
+        raise ValueError(f"file meta information lacks (0002,{missing.args[0]:04X})") from None
+    return FileInfo(path, uids[0], uids[1], uids[2], offset)

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import Instance, Series, Study
+from dicom_node.db.states import SeriesState, StudyState
 
 if TYPE_CHECKING:
     from dicom_node.db import Database
@@ -51,7 +52,7 @@ class RecordOutcome:
 def _study(session: Session, uid: str, now: datetime, called_ae: str) -> Study:
     study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
     if study is None:
-        study = Study(study_instance_uid=uid, state="receiving", first_received_at=now, last_received_at=now, called_ae=called_ae)
+        study = Study(study_instance_uid=uid, state=StudyState.RECEIVING, first_received_at=now, last_received_at=now, called_ae=called_ae)
         session.add(study)
         session.flush()
     else:
@@ -64,7 +65,7 @@ def _series(session: Session, study: Study, header: InstanceHeader, now: datetim
     if series is None:
         series = Series(
             study_id=study.id, series_instance_uid=header.series_uid, modality=header.modality,
-            series_description=(header.series_description or "")[:64] or None, state="receiving",
+            series_description=(header.series_description or "")[:64] or None, state=SeriesState.RECEIVING,
             called_ae=called_ae, calling_ae=calling_ae, instance_count=0, duplicate_count=0, late_count=0,
             run_count=0, first_received_at=now, last_received_at=now,
         )
@@ -89,16 +90,16 @@ def record_instance(
     """Insert or update the rows for one stored instance (caller commits)."""
     study = _study(session, header.study_uid, now, called_ae)
     series = _series(session, study, header, now, called_ae, calling_ae)
-    late = series.state == "dispatched"
+    late = series.state == SeriesState.DISPATCHED
     if late:
         series.late_count += 1
         if late_policy != "ignore":
-            series.state = "receiving"
+            series.state = SeriesState.RECEIVING
             series.first_received_at = now
-    elif series.state == "complete":
-        series.state = "receiving"
-    if series.state == "receiving":
-        study.state = "receiving"
+    elif series.state == SeriesState.COMPLETE:
+        series.state = SeriesState.RECEIVING
+    if series.state == SeriesState.RECEIVING:
+        study.state = StudyState.RECEIVING
     instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
     duplicate = instance is not None
     if instance is None:
@@ -134,11 +135,11 @@ _STUDIES_T = Study.__table__
 _FIND_INSTANCE = select(_INSTANCES_T.c.id).where(_INSTANCES_T.c.sop_instance_uid == bindparam("b_uid"))
 _TOUCH_SERIES = (
     update(_SERIES_T)
-    .where(_SERIES_T.c.id == bindparam("b_series"), _SERIES_T.c.state == "receiving")
+    .where(_SERIES_T.c.id == bindparam("b_series"), _SERIES_T.c.state == SeriesState.RECEIVING)
     .values(last_received_at=bindparam("b_now"), instance_count=_SERIES_T.c.instance_count + 1)
 )
 _TOUCH_STUDY = update(_STUDIES_T).where(_STUDIES_T.c.id == bindparam("b_study")).values(
-    last_received_at=bindparam("b_now"), state="receiving"
+    last_received_at=bindparam("b_now"), state=StudyState.RECEIVING
 )
 _INSERT_INSTANCE = insert(_INSTANCES_T)
 
@@ -245,13 +246,13 @@ class SQLiteFastRecorder:
                     return None
                 cur.execute(
                     "UPDATE series SET last_received_at = ?, instance_count = instance_count + 1 "
-                    "WHERE id = ? AND state = 'receiving'",
+                    f"WHERE id = ? AND state = '{SeriesState.RECEIVING}'",
                     (stamp, series_id),
                 )
                 if cur.rowcount != 1:
                     self._conn.rollback()
                     return None
-                cur.execute("UPDATE studies SET last_received_at = ?, state = 'receiving' WHERE id = ?", (stamp, study_id))
+                cur.execute(f"UPDATE studies SET last_received_at = ?, state = '{StudyState.RECEIVING}' WHERE id = ?", (stamp, study_id))
                 cur.execute(
                     "INSERT INTO instances (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, "
                     "size, received_at, association_id, version, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0)",

@@ -39,10 +39,8 @@ import threading
 import time
 from typing import Any
 
-BUSY_SLICE_SECONDS = 0.0002
-"""How often a busy DUL checks its socket while waiting on its send queue."""
-BUSY_WINDOW_SECONDS = 0.5
-"""How long after the last traffic a DUL counts as busy."""
+from dicom_node.defaults import REACTOR_BUSY_SLICE_SECONDS, REACTOR_BUSY_WINDOW_SECONDS
+
 REACTOR_SLEEP_MIN = 0.0005
 """Only sleeps at least this long are reactor idle sleeps (the 0.1 ms waits for a pause are left alone)."""
 
@@ -87,15 +85,15 @@ def _dul_sleep(dul: Any, seconds: float) -> None:
     now = time.monotonic()
     if now > getattr(dul, "_node_busy_until", 0.0):
         if _readable(raw, seconds):
-            dul._node_busy_until = time.monotonic() + BUSY_WINDOW_SECONDS
+            dul._node_busy_until = time.monotonic() + REACTOR_BUSY_WINDOW_SECONDS
         return
     deadline = now + seconds
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
-        if _wait_for_queue(outgoing, min(BUSY_SLICE_SECONDS, remaining)) or _readable(raw, 0):
-            dul._node_busy_until = time.monotonic() + BUSY_WINDOW_SECONDS
+        if _wait_for_queue(outgoing, min(REACTOR_BUSY_SLICE_SECONDS, remaining)) or _readable(raw, 0):
+            dul._node_busy_until = time.monotonic() + REACTOR_BUSY_WINDOW_SECONDS
             return
 
 

@@ -111,9 +111,9 @@ class Receiver:
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_pdu_size = self.config.max_pdu
-        ae.maximum_associations = 64
-        ae.network_timeout = 120
-        ae.dimse_timeout = 120
+        ae.maximum_associations = self.config.node.max_associations
+        ae.network_timeout = self.config.node.network_timeout_seconds
+        ae.dimse_timeout = self.config.node.dimse_timeout_seconds
         ae.require_called_aet = False  # checked per listener in _on_requested
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)

@@ -42,13 +42,14 @@ from pathlib import Path
 
 import pydicom
 
+from dicom_node.defaults import SPOOL_SLOT_BATCH
+
 log = logging.getLogger("dicom_node.receive.spool")
 
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 SPOOL_MARK = b"DICOM-NODE-SPOOL"  # then the file's length and a write stamp (ns), little endian
 _PREAMBLE_FIELDS = struct.Struct("<16sQQ")
 PREAMBLE_LENGTH = 128 + 4  # preamble + "DICM"
-POOL_BATCH = 32
 
 
 class SpoolError(OSError):
@@ -141,7 +142,7 @@ class Spool:
             if not self._slots:
                 os.makedirs(self._pool_dir, exist_ok=True)  # made on first use: folder destinations never need one
                 batch = []
-                for _ in range(POOL_BATCH):
+                for _ in range(SPOOL_SLOT_BATCH):
                     path = os.path.join(self._pool_dir, f"{uuid.uuid4().hex}.slot")
                     os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
                     batch.append(path)

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.db import Delivery, DeliveryItem, Instance, Job
+from dicom_node.db.states import JobState
 from dicom_node.delivery.queue import enqueue
 from routing_rules.actions import ActionContext, ActionRegistry, builtin_registry
 from routing_rules.errors import ActionError
@@ -139,7 +140,7 @@ def queue_model_job(session: Session, target: Target, rule_name: str, action: di
     if existing is not None:
         return f"model {action['model']}: job {existing} already queued"
     job = Job(
-        series_id=target.series_id, study_id=target.study_id, rule_name=rule_name, action=action, state="pending",
+        series_id=target.series_id, study_id=target.study_id, rule_name=rule_name, action=action, state=JobState.PENDING,
         run_number=target.run, attempts=0, created_at=now,
     )
     session.add(job)

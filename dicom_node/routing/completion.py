@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.config import NodeConfig
 from dicom_node.db.models import Association, Instance, Series, Study
+from dicom_node.db.states import SeriesState, StudyState
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def _association_facts(session: Session, series_ids: list[int]) -> dict[int, tup
 
 def waiting_series(session: Session, config: NodeConfig, now: datetime) -> list[SeriesWait]:
     """Every series in state ``receiving`` with the reason it waits and when it fires."""
-    series_list = session.scalars(select(Series).where(Series.state == "receiving").order_by(Series.id)).all()
+    series_list = session.scalars(select(Series).where(Series.state == SeriesState.RECEIVING).order_by(Series.id)).all()
     facts = _association_facts(session, [s.id for s in series_list])
     out = []
     for series in series_list:
@@ -119,7 +120,7 @@ def mark_complete_series(session: Session, config: NodeConfig, now: datetime) ->
             continue
         series = session.get(Series, wait.series_id)
         assert series is not None
-        series.state = "complete"
+        series.state = SeriesState.COMPLETE
         series.completed_at = now
         series.completion_reason = "max_wait" if wait.reason.startswith("maximum") else "quiet"
         done.append(series.id)
@@ -129,11 +130,11 @@ def mark_complete_series(session: Session, config: NodeConfig, now: datetime) ->
 def due_studies(session: Session, config: NodeConfig, now: datetime) -> list[int]:
     """Studies whose series are all dispatched and that have been quiet long enough."""
     out = []
-    studies = session.scalars(select(Study).where(Study.state == "receiving")).all()
+    studies = session.scalars(select(Study).where(Study.state == StudyState.RECEIVING)).all()
     for study in studies:
         settings = config.completion_for(study.called_ae)
         states = {s.state for s in study.series}
-        if states and states <= {"dispatched"}:
+        if states and states <= {SeriesState.DISPATCHED}:
             quiet = now >= study.last_received_at + timedelta(seconds=settings.study_quiet_seconds)
             if quiet or now >= study.first_received_at + timedelta(seconds=settings.study_max_wait_seconds):
                 out.append(study.id)

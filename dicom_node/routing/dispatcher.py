@@ -9,7 +9,7 @@ change happen in one transaction, keyed by a dispatch key, so a crash
 between the two can neither lose nor double an action.
 
 Action types are pluggable: ``forward`` is built in; the model runtime adds
-``model`` (see :mod:`dicom_node.actions`).
+``model`` (see :mod:`dicom_node.routing.actions`).
 """
 from __future__ import annotations
 
@@ -21,13 +21,16 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dicom_node.jobs.results import JobResult
 from dicom_node.routing.actions import ACTION_HANDLERS, ActionHandler, Target
 from dicom_node.routing.completion import due_studies, mark_complete_series
 from dicom_node.config import NodeConfig
 from dicom_node.db import Database, Dispatch, Instance, Series, Study
+from dicom_node.db.states import JobState, SeriesState, StudyState
 from dicom_node.clock import utcnow
 from dicom_node.routing.header_readahead import HeaderReadahead, read_header
-from dicom_node.routing.instance_routing import PASS_LIMIT, Unrouted, mark_all_routed, mark_routed, unrouted
+from dicom_node.defaults import INSTANCE_PASS_LIMIT
+from dicom_node.routing.instance_routing import Unrouted, mark_all_routed, mark_routed, unrouted
 
 if TYPE_CHECKING:
     from routing_rules.ruleset import RuleMatch
@@ -107,7 +110,7 @@ class Dispatcher:
         if summary:
             log.info("instance rules: %s", "; ".join(summary))
             self.on_queued()
-        return len(waiting) >= PASS_LIMIT
+        return len(waiting) >= INSTANCE_PASS_LIMIT
 
     def _sweep_completion(self) -> datetime | None:
         now = utcnow()
@@ -116,7 +119,7 @@ class Dispatcher:
         for series_id in found.completed:
             log.info("series %d complete", series_id)
         with self.db.session() as session:
-            pending_series = session.scalars(select(Series.id).where(Series.state == "complete")).all()
+            pending_series = session.scalars(select(Series.id).where(Series.state == SeriesState.COMPLETE)).all()
         for series_id in pending_series:
             self.dispatch_series(series_id)
         with self.db.session() as session:
@@ -173,19 +176,19 @@ class Dispatcher:
     def dispatch_series(self, series_id: int) -> None:
         with self.db.session() as session:
             series = session.get(Series, series_id)
-            if series is None or series.state != "complete":
+            if series is None or series.state != SeriesState.COMPLETE:
                 return
             paths = [i.path for i in series.instances]
         headers = self.readahead.take(series_id, paths)
         now = utcnow()
         with self.db.write() as session:
             series = session.get(Series, series_id)
-            if series is None or series.state != "complete":
+            if series is None or series.state != SeriesState.COMPLETE:
                 return  # new instances arrived meanwhile; it will complete again
             run = series.run_count + 1
             target = Target("series", series.series_instance_uid, run, series.id, series.study_id, list(series.instances))
             summary = self._apply(session, target, headers, now)
-            series.state, series.run_count, series.dispatched_at = "dispatched", run, now
+            series.state, series.run_count, series.dispatched_at = SeriesState.DISPATCHED, run, now
         log.info("series %s run %d: %s", target.uid, run, "; ".join(summary) if summary else "no series-level rule matched")
         if summary:
             self.on_queued()
@@ -193,7 +196,7 @@ class Dispatcher:
     def dispatch_study(self, study_id: int) -> None:
         with self.db.session() as session:
             study = session.get(Study, study_id)
-            if study is None or study.state != "receiving":
+            if study is None or study.state != StudyState.RECEIVING:
                 return
             paths = [i.path for s in study.series for i in s.instances]
         # Reading every header of a large study again costs about a millisecond per instance, in the
@@ -203,13 +206,13 @@ class Dispatcher:
         now = utcnow()
         with self.db.write() as session:
             study = session.get(Study, study_id)
-            if study is None or study.state != "receiving" or any(s.state != "dispatched" for s in study.series):
+            if study is None or study.state != StudyState.RECEIVING or any(s.state != SeriesState.DISPATCHED for s in study.series):
                 return
             run = study.run_count + 1
             instances = [i for s in study.series for i in s.instances]
             target = Target("study", study.study_instance_uid, run, None, study.id, instances)
             summary = self._apply(session, target, headers, now) if wanted else []
-            study.state, study.run_count, study.completed_at = "dispatched", run, now
+            study.state, study.run_count, study.completed_at = StudyState.DISPATCHED, run, now
         if summary:
             log.info("study %s run %d: %s", target.uid, run, "; ".join(summary))
             self.on_queued()
@@ -219,14 +222,13 @@ class Dispatcher:
 
         The findings of a series are the classification results of its done
         jobs in the current run, newest per model; the rules see them as
-        ``finding.<model>.<key>`` (label, probability, header_value,
-        agrees_with_header).
+        ``finding.<model>.<key>`` (see :meth:`dicom_node.jobs.results.ClassificationSummary.finding`).
         """
         from dicom_node.db import Job
 
         with self.db.session() as session:
             pending = session.execute(
-                select(Job.id, Job.series_id, Job.study_id).where(Job.state == "done", Job.findings_applied.is_(False)).order_by(Job.id)
+                select(Job.id, Job.series_id, Job.study_id).where(Job.state == JobState.DONE, Job.findings_applied.is_(False)).order_by(Job.id)
             ).all()
         for job_id, series_id, study_id in pending:
             self._apply_job_findings(job_id, series_id, study_id)
@@ -238,7 +240,7 @@ class Dispatcher:
             job = session.get(Job, job_id)
             assert job is not None
             model = job.action.get("model")
-            has_classification = any(r.get("kind") == "classification" for r in (job.result or {}).get("results", []))
+            has_classification = JobResult.from_json(job.result).classification is not None
             if series_id is not None:
                 series = session.get(Series, series_id)
                 paths = [i.path for i in series.instances] if series else []
@@ -269,17 +271,13 @@ class Dispatcher:
 
 
 def collect_findings(session: Session, series_id: int | None, study_id: int | None, run: int) -> dict[str, dict[str, Any]]:
-    """model -> {label, probability, header_value, agrees_with_header} from the done jobs of one run."""
+    """model -> its finding (:meth:`ClassificationSummary.finding`) from the done jobs of one run, newest per model."""
     from dicom_node.db import Job
 
     key = (Job.series_id == series_id) if series_id is not None else (Job.study_id == study_id) & Job.series_id.is_(None)
     findings: dict[str, dict[str, Any]] = {}
-    for job in session.scalars(select(Job).where(key, Job.state == "done", Job.run_number == run).order_by(Job.id)).all():
-        for result in (job.result or {}).get("results", []):
-            if result.get("kind") == "classification":
-                findings[job.action["model"]] = {
-                    "label": result["label"], "probability": result["confidence"],
-                    "header_value": result.get("header_value"), "agrees_with_header": result.get("agrees_with_header"),
-                }
-                break
+    for job in session.scalars(select(Job).where(key, Job.state == JobState.DONE, Job.run_number == run).order_by(Job.id)).all():
+        classification = JobResult.from_json(job.result).classification
+        if classification is not None:
+            findings[job.action["model"]] = classification.finding()
     return findings

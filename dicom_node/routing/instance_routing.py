@@ -22,10 +22,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db import Database, Instance, Series
-
-# Objects taken per pass: a pass reads their headers in the dispatcher's thread, so
-# a burst of thousands is worked through over several sweeps instead of in one.
-PASS_LIMIT = 256
+from dicom_node.defaults import INSTANCE_PASS_LIMIT
 
 _MARK = (
     update(Instance)
@@ -47,7 +44,7 @@ class Unrouted:
     run: int  # the run of the series this copy belongs to (its dispatches are recorded under it)
 
 
-def unrouted(session: Session, limit: int = PASS_LIMIT) -> list[Unrouted]:
+def unrouted(session: Session, limit: int = INSTANCE_PASS_LIMIT) -> list[Unrouted]:
     """The oldest objects waiting for instance-level rules (uses the partial index on NULL)."""
     rows = session.execute(
         select(Instance.id, Instance.version, Instance.path, Instance.series_id, Series.series_instance_uid, Series.study_id,

@@ -20,6 +20,13 @@ from typing import TYPE_CHECKING
 
 from dicom_node import __version__
 from dicom_node.config import NodeConfig, load_config
+from dicom_node.defaults import (
+    JOB_SUPERVISOR_SECONDS,
+    RECEIVER_CHECK_SECONDS,
+    RECEIVER_START_SECONDS,
+    RECEIVER_STOP_SECONDS,
+    RULES_RELOAD_SECONDS,
+)
 from dicom_node.processes import die_with_parent, setup_logging
 
 if TYPE_CHECKING:
@@ -142,15 +149,15 @@ class Node:
                 if next_fire is not None:
                     _pull_forward(scheduler, "completion-sweep", next_fire)
 
-            scheduler.add_job(sweep, "interval", seconds=0.25, id="completion-sweep")
-            scheduler.add_job(rules.reload_if_changed, "interval", seconds=2, id="rules-reload")
+            scheduler.add_job(sweep, "interval", seconds=config.completion.sweep_seconds, id="completion-sweep")
+            scheduler.add_job(rules.reload_if_changed, "interval", seconds=RULES_RELOAD_SECONDS, id="rules-reload")
             supervisor = JobSupervisor(self.config_path, config, db)
-            scheduler.add_job(supervisor.check, "interval", seconds=1, id="job-supervisor")
+            scheduler.add_job(supervisor.check, "interval", seconds=JOB_SUPERVISOR_SECONDS, id="job-supervisor")
         except BaseException:
             receiver.terminate()
-            receiver.join(15)
+            receiver.join(RECEIVER_STOP_SECONDS)
             raise
-        if not _wait_for_port(config.bind, config.port, 30):
+        if not _wait_for_port(config.bind, config.port, RECEIVER_START_SECONDS):
             log.error("receiver did not start listening on %s:%d", config.bind, config.port)
             receiver.terminate()
             return 1
@@ -161,7 +168,7 @@ class Node:
         web = start_web(config, db, rules)
         log.info("ready: %s listening on %s:%d", ", ".join(l.ae_title for l in config.listeners), config.bind, config.port)
         try:
-            while not self.stop_event.wait(0.5):
+            while not self.stop_event.wait(RECEIVER_CHECK_SECONDS):
                 if not receiver.is_alive():
                     log.error("receiver process exited (code %s); restarting it", receiver.exitcode)
                     receiver = self._start_receiver()
@@ -170,7 +177,7 @@ class Node:
             if web is not None:  # web admin hook
                 web.stop()
             receiver.terminate()
-            receiver.join(15)
+            receiver.join(RECEIVER_STOP_SECONDS)
             if receiver.is_alive():
                 receiver.kill()
             scheduler.shutdown(wait=True)

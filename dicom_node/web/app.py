@@ -23,7 +23,7 @@ from dicom_node import __version__
 from dicom_node.config import NodeConfig
 from dicom_node.db import Database
 from dicom_node.web import api, auth, views_auth, views_ops, views_rules
-from dicom_node.web.deps import TEMPLATES, Forbidden, NotAuthenticated, WebContext, context, is_api, render, viewer
+from dicom_node.web.deps import TEMPLATES, Forbidden, NotAuthenticated, WebContext, is_api, render, viewer
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Pages load scripts and styles from /static only; /docs (Swagger UI) is the one exception.
@@ -40,7 +40,7 @@ def _templates() -> Jinja2Templates:
 
 def create_app(config: NodeConfig, db: Database, rules: Any = None) -> FastAPI:
     """Build the app around the node's config, database and (optionally) live rule source."""
-    from dicom_node.ops.metrics import CONTENT_TYPE, render_metrics
+    from dicom_node.ops.metrics import CONTENT_TYPE, MetricsPage
 
     app = FastAPI(title="dicom-node admin API", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   description="JSON API of the dicom-node admin app. Log in first (session cookie + X-CSRF-Token header for "
@@ -99,10 +99,11 @@ def create_app(config: NodeConfig, db: Database, rules: Any = None) -> FastAPI:
     def docs(principal: auth.Principal = Depends(viewer)) -> Response:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="dicom-node API")
 
+    metrics_page = MetricsPage(db, rules)  # one per app: its collector keeps running totals between scrapes
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request, principal: auth.Principal = Depends(viewer)) -> Response:
-        ctx = context(request)
-        body = await run_in_threadpool(render_metrics, ctx.db, ctx.rules)
+        body = await run_in_threadpool(metrics_page.render)
         return Response(body, media_type=CONTENT_TYPE)
 
     return app

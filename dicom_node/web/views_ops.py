@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from dicom_node.db.admin_models import SelfTestRun
+from dicom_node.db.states import DeliveryState
 from dicom_node.ops import admin_actions, queries, selftest
 from dicom_node.web import auth
 from dicom_node.web.deps import admin, client_of, context, editor_write, render, viewer
@@ -29,7 +30,7 @@ def home() -> Response:
 def operations_page(request: Request, principal: auth.Principal = Depends(viewer)) -> Response:
     with context(request).db.session() as session:
         values = {"counts": queries.counts(session), "studies": queries.recent_studies(session),
-                  "failed": queries.deliveries(session, "failed", 50), "failed_jobs": queries.failed_jobs(session)}
+                  "failed": queries.deliveries(session, DeliveryState.FAILED, 50), "failed_jobs": queries.failed_jobs(session)}
     return render(request, "operations.html", principal, title="Operations", **values)
 
 

@@ -25,14 +25,15 @@ Throughput is compared as a *paired* ratio: run i of a receiver divided by
 run i of dcmtk storescp taken moments before or after, because this VM's
 speed drifts over minutes.
 
-The receivers are configured like the main rows of
-``shared/RECEIVER_BASELINE.md``: dcmtk ``storescp -pdu 131072 -dhl`` (normal
+The receivers are configured like the main rows of the project's first
+receiver baseline (docs/benchmarks/receiver.md): dcmtk ``storescp -pdu 131072 -dhl`` (normal
 mode, no fsync), Orthanc with ``MaximumPduLength`` 131072 and
 ``SyncStorageArea`` true (fsync), both with ``TCP_NODELAY=1``; the node as
 ``dicom-node serve`` with its defaults (durable acknowledgement: fsync of
 file and directory, then the database row, then the response).
 ``node-nofsync`` (``storage.fsync = false``) is a diagnostic row that shows
-what the fsyncs cost.
+what the fsyncs cost; ``node-base`` runs the node at ``--base-rev`` beside
+the current one, so a change is judged by the paired ratio node / node-base.
 
 Run from the repository root with the project's Python::
 
@@ -377,6 +378,7 @@ class NodeSCP(Receiver):
     fsync: bool = True
     quiet_seconds: float = 1.0
     forward_level: str = "series"  # "instance": forward each object as stored, not after completion
+    source: Path | None = None  # run the node from this snapshot (``--base-rev``) instead of the default one
     node: NodeProcess | None = None
 
     def start(self) -> None:
@@ -386,6 +388,7 @@ class NodeSCP(Receiver):
             self.workdir / "node", port=self.port, quiet_seconds=self.quiet_seconds,
             destinations={"dest": {"type": "dicom", "ae_title": "FWDSCP", "host": "127.0.0.1", "port": self.destination.port}},
             rules={"10-forward.toml": forward_rule("dest", level=self.forward_level)},
+            source=self.source, cli_module=cli_module_of(self.source),
         )
         self.node.write_config()
         if not self.fsync:
@@ -413,6 +416,24 @@ class NodeSCP(Receiver):
             self.destination.stop()
 
 
+def cli_module_of(source: Path | None) -> str:
+    """The node's CLI module in a source tree (``dicom_node.cli`` before the layout by stage)."""
+    if source is not None and (source / "dicom_node" / "cli.py").exists():
+        return "dicom_node.cli"
+    return "dicom_node.cli.main"
+
+
+def extract(rev: str, folder: Path) -> str:
+    """Extract ``rev`` of the repository into ``folder``; returns the commit."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", rev], capture_output=True, text=True, check=True).stdout.strip()
+    folder.mkdir(parents=True)
+    archive = subprocess.Popen(["git", "-C", str(REPO), "archive", commit], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(folder)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise RuntimeError(f"git archive {commit} failed")
+    return commit
+
+
 def snapshot_node(rev: str, folder: Path) -> str:
     """Extract ``rev`` of the repository into ``folder`` and make node processes import it from there.
 
@@ -421,12 +442,7 @@ def snapshot_node(rev: str, folder: Path) -> str:
     code.  PYTHONPATH wins over the editable install, and the node's spawned
     receiver child inherits the parent's sys.path.
     """
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", rev], capture_output=True, text=True, check=True).stdout.strip()
-    folder.mkdir(parents=True)
-    archive = subprocess.Popen(["git", "-C", str(REPO), "archive", commit], stdout=subprocess.PIPE)
-    subprocess.run(["tar", "-x", "-C", str(folder)], stdin=archive.stdout, check=True)
-    if archive.wait() != 0:
-        raise RuntimeError(f"git archive {commit} failed")
+    commit = extract(rev, folder)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
     where = subprocess.run([sys.executable, "-c", "import dicom_node; print(dicom_node.__file__)"],
                            capture_output=True, text=True, check=True, cwd=folder.parent).stdout.strip()
@@ -441,7 +457,10 @@ RECEIVERS: dict[str, Callable[[Path, float], Receiver]] = {
     "node": lambda wd, q: NodeSCP(wd, quiet_seconds=q),
     "node-nofsync": lambda wd, q: NodeSCP(wd, fsync=False, quiet_seconds=q),
     "node-instance": lambda wd, q: NodeSCP(wd, quiet_seconds=q, forward_level="instance"),
+    # The node at ``--base-rev``, run beside the current one: a change's paired ratio (node / node-base) in one run.
+    "node-base": lambda wd, q: NodeSCP(wd, quiet_seconds=q, source=BASE_SOURCE[0]),
 }
+BASE_SOURCE: list[Path | None] = [None]
 REFERENCE = "dcmtk"
 
 
@@ -558,6 +577,12 @@ def summarise(runs: dict[str, dict[str, list[dict]]], names: list[str]) -> dict[
                 if values:
                     summary[key] = _median(values)
                     summary[key + "_range"] = (min(values), max(values))
+            base = by_receiver.get("node-base", [])
+            against_base = [r["inst_s"] / base[i]["inst_s"] for i, r in enumerate(mine)
+                            if name != "node-base" and r.get("ok") and i < len(base) and base[i].get("ok")]
+            if against_base:  # run i of this receiver / run i of the node at --base-rev
+                summary["base_ratio"] = _median(against_base)
+                summary["base_ratio_range"] = (min(against_base), max(against_base))
             if speed:
                 summary["speed_ratio"] = _median(speed)
                 summary["speed_ratio_range"] = (min(speed), max(speed))
@@ -662,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-rev", default="HEAD",
                         help="git revision of the node to run (default HEAD, extracted to the scratch dir); "
                              "'worktree' runs the working tree as it is")
+    parser.add_argument("--base-rev", help="with receiver 'node-base': the git revision it runs (e.g. the commit before a change)")
     parser.add_argument("--json", help="write every run and the summary here")
     parser.add_argument("--markdown", help="write the tables here")
     args = parser.parse_args(argv)
@@ -687,6 +713,11 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{s.name} {len(s.files)} files {sizes[s.name] / 1e6:.1f} MB" for s in sets), flush=True)
         info = machine_info()
         info["node"] = "working tree" if args.node_rev == "worktree" else snapshot_node(args.node_rev, scratch / "node-src")
+        if "node-base" in names:
+            if not args.base_rev:
+                parser.error("receiver node-base needs --base-rev")
+            BASE_SOURCE[0] = scratch / "node-base-src"
+            info["node_base"] = extract(args.base_rev, BASE_SOURCE[0])
         runs: dict[str, dict[str, list[dict]]] = {s.name: {n: [] for n in names} for s in sets}
         for i in range(args.runs):
             order = names[i % len(names):] + names[:i % len(names)]
@@ -707,6 +738,12 @@ def main(argv: list[str] | None = None) -> int:
         info["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
         summary = summarise(runs, names)
         table = markdown(summary, names, args.quiet_seconds)
+        for set_name, by_name in summary.items():
+            for name, s in by_name.items():
+                if "base_ratio" in s:
+                    low, high = s["base_ratio_range"]
+                    table += (f"\n{set_name}: {name} / node-base ({info.get('node_base', '')[:10]}) instances/s, paired: "
+                              f"median {s['base_ratio']:.2f} (range {low:.2f}-{high:.2f})")
         print("\n" + json.dumps(info) + "\n\n" + table)
         if args.markdown:
             Path(args.markdown).write_text(table + "\n")

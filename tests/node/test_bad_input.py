@@ -24,13 +24,17 @@ def associate(port: int, *, calling: str = "DICOM_NODE_SCU", called: str = "DICO
     return ae.associate("127.0.0.1", port, ae_title=called, contexts=contexts or [build_context(CTImageStorage, ExplicitVRLittleEndian), build_context(Verification)])
 
 
-def send_raw(port: int, meta: pydicom.dataset.FileMetaDataset, body: bytes, tmp_path: Path) -> int:
-    """C-STORE an arbitrary dataset body (the bytes after the file meta) without pydicom checking it."""
+def send_raw(port: int, meta: pydicom.dataset.FileMetaDataset, body: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """C-STORE an arbitrary dataset body (the bytes after the file meta) without pydicom checking it.
+
+    pynetdicom sends a file's bytes as they are only with its process-wide
+    chunked-send switch on; monkeypatch turns it off again after the test.
+    """
     from pynetdicom.dsutils import encode_file_meta
 
     path = tmp_path / "raw.dcm"
     path.write_bytes(b"\0" * 128 + b"DICM" + encode_file_meta(meta) + body)
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     assoc = associate(port)
     assert assoc.is_established
     try:
@@ -67,15 +71,15 @@ def test_wrong_called_ae_is_rejected(node, tmp_path) -> None:
     assert "called AE title 'NOT_US' is not one of ours" in node.log_text()
 
 
-def test_not_dicom_dataset_answers_cannot_understand(node, tmp_path) -> None:
+def test_not_dicom_dataset_answers_cannot_understand(node, tmp_path, monkeypatch) -> None:
     ds = chest_ct_series(1, 32)[0]
-    status = send_raw(node.port, ds.file_meta, b"\xff\xfe this is not a DICOM dataset at all \x00\x01" * 3, tmp_path)
+    status = send_raw(node.port, ds.file_meta, b"\xff\xfe this is not a DICOM dataset at all \x00\x01" * 3, tmp_path, monkeypatch)
     assert 0xC000 <= status <= 0xCFFF
     assert db_count(node, "instances") == 0
     assert "refused" in node.log_text()
 
 
-def test_truncated_dataset_is_refused(node, tmp_path) -> None:
+def test_truncated_dataset_is_refused(node, tmp_path, monkeypatch) -> None:
     ds = chest_ct_series(1, 32)[0]
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -83,7 +87,7 @@ def test_truncated_dataset_is_refused(node, tmp_path) -> None:
 
     body = buffer.getvalue()[132 + len(encode_file_meta(ds.file_meta)):]
     cut = body[: body.find(b"\x08\x00\x18\x00") + 20]  # stops inside the SOP Instance UID element
-    status = send_raw(node.port, ds.file_meta, cut, tmp_path)
+    status = send_raw(node.port, ds.file_meta, cut, tmp_path, monkeypatch)
     assert status != 0x0000
     assert db_count(node, "instances") == 0
 

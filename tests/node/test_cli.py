@@ -9,7 +9,7 @@ import pytest
 
 from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from tests.node.conftest import forward_rule
-from tests.peers import free_port
+from tests.peers import free_port, wait_for
 
 COMMANDS = [["serve"], ["echo"], ["send"], ["status"], ["retry"], ["rules", "check"], ["rules", "test"], ["generate"], ["models", "list"]]
 
@@ -41,14 +41,8 @@ def test_echo_send_status_and_exit_codes(make_node, tmp_path) -> None:
     refused = node.cli("send", str(folder), "--calling-ae", "UNKNOWN_AE")
     assert refused.returncode == 1 and "rejected" in refused.stderr
 
-    import time
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        report = json.loads(node.cli("status", "--json").stdout)
-        if report["counts"]["deliveries"].get("delivered"):
-            break
-        time.sleep(0.3)
+    report = wait_for(lambda: (lambda r: r if r["counts"]["deliveries"].get("delivered") else None)(json.loads(node.cli("status", "--json").stdout)),
+                      timeout=20, interval=0.3, what="status reporting a delivered delivery")
     assert report["counts"]["instances"] == 6
     assert len(list((node.workdir / "archive").rglob("*.dcm"))) == 6
     text = node.cli("status").stdout

@@ -69,9 +69,9 @@ def test_due_deliveries_to_one_destination_go_over_one_association(setup) -> Non
     scp = CountingSCP()
     try:
         db, config, ids = setup(scp, [1, 1, 2, 1])  # e.g. four radiograph series
-        claimed = claim_next(db, "w")
+        claimed = claim_next(db, "w", config.delivery.batch_size)
         assert claimed == ids
-        assert claim_next(db, "w") == []  # all taken
+        assert claim_next(db, "w", config.delivery.batch_size) == []  # all taken
         assert run_deliveries(db, config, claimed) == ["delivered"] * 4
         assert scp.associations == 1 and len(scp.stored) == 5
     finally:
@@ -82,7 +82,7 @@ def test_an_association_lost_mid_batch_leaves_finished_deliveries_delivered(setu
     scp = CountingSCP(abort_at=3)  # the first delivery (2 objects) gets through, then the peer aborts
     try:
         db, config, ids = setup(scp, [2, 1, 1])
-        assert run_deliveries(db, config, claim_next(db, "w")) == ["delivered", "pending", "pending"]
+        assert run_deliveries(db, config, claim_next(db, "w", config.delivery.batch_size)) == ["delivered", "pending", "pending"]
         with db.session() as session:
             second = session.get(Delivery, ids[1])
             assert "ended mid-batch" in second.last_error and second.attempts == 1

@@ -14,7 +14,7 @@ from pydicom.sequence import Sequence
 from pynetdicom.dsutils import encode
 
 from dicom_node.receive.identifiers import read_identifiers
-from dicom_node.delivery.send import file_info
+from dicom_node.receive.file_meta import file_info
 
 
 BUNDLED_FILES = Path(pydicom.data.__file__).parent / "test_files"  # in the wheel: no download attempts

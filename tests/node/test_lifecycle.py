@@ -91,8 +91,8 @@ def test_late_instances_follow_the_policy(make_node, scp, tmp_path, policy) -> N
         wait_for(lambda: node_db_rows(node, "select count(*) from series where state = 'dispatched'") == [(2,)], what="the later series routed")
         wait_until_settled(node)
         assert sorted(uids_at(scp)) == sorted(str(d.SOPInstanceUID) for d in series[:3] + after)  # the late one never
-        assert node_db_rows(node, "select run_count, late_count from series where series_instance_uid = '%s'"
-                            % series[0].SeriesInstanceUID) == [(1, 1)]
+        late_series = node_db_rows(node, f"select run_count, late_count from series where series_instance_uid = '{series[0].SeriesInstanceUID}'")
+        assert late_series == [(1, 1)]
 
 
 def test_waiting_series_says_why_and_when(make_node) -> None:

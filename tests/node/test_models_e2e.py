@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pydicom
 import pytest
 
 from dicom_node.ops.synthetic import chest_ct_series, chest_dx, write_datasets
-from tests.peers import storescu, wait_for
+from tests.peers import storescu, wait_for, wait_until_settled
 
 pytestmark = pytest.mark.peers
 
@@ -201,7 +200,7 @@ def test_rule_on_header_fix_findings_runs_only_when_the_check_says_so(make_node,
         with sqlite3.connect(node.workdir / "node.db") as conn:
             wait_for(lambda: conn.execute("select count(*) from jobs where state = 'done' and findings_applied").fetchone()[0] == 2, timeout=90)
         wait_for(lambda: len(scp.files()) == 8, timeout=30)
-        time.sleep(1.5)
+        wait_until_settled(node)  # a forward of the native series would be queued by now
         assert {str(pydicom.dcmread(p).SOPInstanceUID) for p in scp.files()} == {str(d.SOPInstanceUID) for d in enhanced}
         assert "findings of enhancement-hu: only-enhanced" in node.log_text()
     finally:

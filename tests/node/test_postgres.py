@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import sqlalchemy
 
 from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from tests.node.conftest import forward_rule
-from tests.peers import DCMTK_ENV, StoreSCP, free_port, wait_port
+from tests.peers import DCMTK_ENV, StoreSCP, free_port, wait_for, wait_port
 
 pytestmark = [pytest.mark.peers, pytest.mark.postgres]
 
@@ -25,6 +24,15 @@ def _alembic_head() -> str:
     from dicom_node.db.engine import alembic_config
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _accepts_connections(url: str) -> bool:
+    """The server listens before it accepts logins (it is still starting up)."""
+    try:
+        sqlalchemy.create_engine(url).connect().close()
+    except sqlalchemy.exc.OperationalError:
+        return False
+    return True
 
 
 def _pg_bin() -> Path | None:
@@ -54,12 +62,7 @@ def postgres_url():  # type: ignore[no-untyped-def]
     )
     wait_port(port, 30, proc)
     url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
-    for _ in range(50):
-        try:
-            sqlalchemy.create_engine(url).connect().close()
-            break
-        except sqlalchemy.exc.OperationalError:
-            time.sleep(0.2)
+    wait_for(lambda: _accepts_connections(url), timeout=10, what="PostgreSQL accepting connections")
     yield url
     proc.terminate()
     proc.wait(30)
@@ -89,24 +92,19 @@ def test_node_on_postgresql_receives_from_concurrent_senders_and_forwards(make_n
         with engine.connect() as conn:
             assert conn.execute(sqlalchemy.text("select count(*) from instances")).scalar() == expected
             assert conn.execute(sqlalchemy.text("select version_num from alembic_version")).scalar() == _alembic_head()
-        deadline = time.monotonic() + 60
-        while len(scp.files()) < expected and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: len(scp.files()) >= expected, timeout=60, what="every object at the DICOM destination")
         assert len(scp.files()) == expected
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the last item is committed just after storescp wrote it
+
+        def forward_states() -> list:
             with engine.connect() as conn:
-                states = conn.execute(sqlalchemy.text(
+                return conn.execute(sqlalchemy.text(
                     "select state, count(*) from deliveries where rule_name = 'forward-all' group by state")).all()
-            if states == [("delivered", 3)]:
-                break
-            time.sleep(0.2)
-        assert states == [("delivered", 3)]
+
+        # the last item is committed just after storescp wrote it
+        wait_for(lambda: forward_states() == [("delivered", 3)], timeout=10, what="three delivered series deliveries")
         # the instance-level rule copied every object as it was stored, each once (partial index on PostgreSQL too)
-        deadline = time.monotonic() + 30
-        while len([p for p in copies.rglob("*.dcm")]) < expected and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert len([p for p in copies.rglob("*.dcm")]) == expected
+        wait_for(lambda: len(list(copies.rglob("*.dcm"))) >= expected, timeout=30, what="every object copied as stored")
+        assert len(list(copies.rglob("*.dcm"))) == expected
         with engine.connect() as conn:
             assert conn.execute(sqlalchemy.text("select count(*) from instances where routed_version is null")).scalar() == 0
         engine.dispose()

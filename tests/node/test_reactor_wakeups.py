@@ -16,6 +16,7 @@ from pynetdicom import association, dul
 
 from dicom_node.receive import pynetdicom_patches
 from dicom_node.receive.pynetdicom_patches import _association_sleep, _dul_sleep, _ReactorTime, _wait_for_queue
+from tests.peers import wait_for
 
 
 class _Dimse:
@@ -59,7 +60,7 @@ def test_a_blocked_consumer_still_gets_the_item():
     sleeper = threading.Thread(target=_wait_for_queue, args=(q, 5))
     sleeper.start()
     consumer.start()
-    time.sleep(0.1)  # both are waiting on q.not_empty now
+    wait_for(lambda: len(q.not_empty._waiters) == 2, timeout=5, interval=0.01, what="both threads waiting on q.not_empty")
     start = time.monotonic()
     q.put("response")
     consumer.join(5)

@@ -13,7 +13,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import encode_file_meta
 
-from dicom_node.receive.spool import POOL_BATCH, Spool, SpoolError, read_spool_preamble, safe_component
+from dicom_node.defaults import SPOOL_SLOT_BATCH
+from dicom_node.receive.spool import Spool, SpoolError, read_spool_preamble, safe_component
 from dicom_node.ops.synthetic import chest_ct_series
 
 
@@ -34,7 +35,7 @@ def test_written_file_is_valid_part10_with_dataset_bytes_unchanged(tmp_path: Pat
     assert read_spool_preamble(stored.path)[0] == stored.size == stored.path.stat().st_size
     again = spool.write(target, encode_file_meta(ds.file_meta), raw[meta_end:])
     assert again.replaced and not stored.replaced
-    assert len(list(spool.pool.glob("*.slot"))) == POOL_BATCH - 2  # one durable slot per object written
+    assert len(list(spool.pool.glob("*.slot"))) == SPOOL_SLOT_BATCH - 2  # one durable slot per object written
 
 
 @pytest.mark.parametrize("uid", ["../../etc/passwd", "1.2/3", "", "1.2.3 ", "1." * 40])
@@ -100,7 +101,7 @@ def test_recover_pool_puts_complete_objects_in_place_and_drops_torn_ones(tmp_pat
         handle.truncate(torn.stat().st_size - 100)
 
     report = Spool(tmp_path / "spool").recover_pool()  # a fresh process after the power cut
-    assert (report.moved, report.torn, report.empty) == (1, 1, POOL_BATCH - 2)
+    assert (report.moved, report.torn, report.empty) == (1, 1, SPOOL_SLOT_BATCH - 2)
     assert lost.read_bytes() == expected
     assert not kept.exists()  # never acknowledged: gone, the sender will send it again
     assert list(spool.pool.iterdir()) == []

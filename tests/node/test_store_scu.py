@@ -25,7 +25,8 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
 from dicom_node.config import DicomDestination
-from dicom_node.delivery.send import ItemResult, SendError, file_info, send_dicom
+from dicom_node.delivery.send import ItemResult, SendError, send_dicom
+from dicom_node.receive.file_meta import file_info
 from dicom_node.delivery.store_scu import StoreAssociation, parse_command, store_request_command
 from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from tests.node.test_forwarding import dataset_bytes
@@ -34,7 +35,7 @@ from tests.peers import StoreSCP, free_port
 
 def _send(port: int, files: list[Path], *, ae_title: str = "STORESCP", timeout: float = 10.0) -> list[ItemResult]:
     results: list[ItemResult] = []
-    destination = DicomDestination("dest", ae_title, "127.0.0.1", port, timeout_seconds=timeout)
+    destination = DicomDestination(name="dest", ae_title=ae_title, host="127.0.0.1", port=port, timeout_seconds=timeout)
     send_dicom(destination, [str(f) for f in files], "NODE_SCU", results.append)
     return results
 
@@ -190,21 +191,23 @@ def test_rejection_abort_and_silence_are_batch_errors(ct_files) -> None:
         picky.close()
 
     def abort_second(event: evt.Event, n: int) -> int:
-        if n == 2:
-            threading.Thread(target=event.assoc.abort).start()
-            time.sleep(1)
+        if n == 2:  # abort from another thread (abort() stops this one's reactor), answer only once it is done
+            aborted = threading.Event()
+            threading.Thread(target=lambda: (event.assoc.abort(), aborted.set())).start()
+            assert aborted.wait(10), "the association did not abort"
         return 0x0000
 
     aborting = PynetdicomSCP(abort_second)
     results: list[ItemResult] = []
     try:
         with pytest.raises(SendError, match="ended mid-batch"):
-            send_dicom(DicomDestination("dest", "PYSCP", "127.0.0.1", aborting.port, timeout_seconds=10),
+            send_dicom(DicomDestination(name="dest", ae_title="PYSCP", host="127.0.0.1", port=aborting.port, timeout_seconds=10),
                        [str(f) for f in ct_files], "NODE_SCU", results.append)
     finally:
         aborting.close()
     assert [r.ok for r in results] == [True]
 
+    # the scenario, not synchronisation: a peer that answers only after the sender's 1 s timeout
     silent = PynetdicomSCP(lambda event, n: time.sleep(3) or 0x0000)
     try:
         with pytest.raises(SendError, match=r"no C-STORE response from dest within 1 s"):

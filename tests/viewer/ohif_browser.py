@@ -56,6 +56,35 @@ PROBE_ANNOTATIONS = """() => {
                  points: a.data.handles.points.map(p => cs.utilities.worldToImageCoords(a.metadata.referencedImageId, p)) }));
 }"""
 
+# The state of the SEG display sets with this series description: whether OHIF started
+# loading one, is still at it, and has finished (OHIF's own flags; a failed load ends
+# with loading and isLoaded both false).
+PROBE_SEG_LOAD = """(description) => window.services.displaySetService.getActiveDisplaySets()
+  .filter(ds => ds.Modality === 'SEG' && ds.SeriesDescription === description)
+  .map(ds => ({ started: Boolean(ds.loadingPromise), loading: Boolean(ds.loading), loaded: Boolean(ds.isLoaded) }))"""
+
+# Whether OHIF draws its segmentations: the SEG display set with this series description
+# loaded, and each segmentation in cornerstone's state with every labelmap image in the
+# cache and attached to a viewport.  OHIF fills a labelmap before it adds the segmentation
+# to that state, so what the probe reads then is the finished labelmap, not a partial one.
+PROBE_SEG_SHOWN = """(description) => {
+  const cs = window.cornerstone, state = window.cornerstoneTools.segmentation.state;
+  const seg = window.services.displaySetService.getActiveDisplaySets()
+    .filter(ds => ds.Modality === 'SEG' && ds.SeriesDescription === description);
+  const all = state.getSegmentations();
+  return seg.length > 0 && seg.every(ds => ds.isLoaded) && all.length > 0 && all.every(s =>
+    s.representationData.Labelmap.imageIds.every(id => cs.cache.getImage(id))
+    && state.getViewportIdsWithSegmentation(s.segmentationId).length > 0);
+}"""
+
+# Whether the viewer has laid out the study and drawn it: every viewport shows a loaded
+# image.  A series double-clicked before that would be replaced by the initial layout.
+PROBE_VIEWER_DRAWN = """() => {
+  const cs = window.cornerstone;
+  const viewports = cs && cs.getRenderingEngines ? cs.getRenderingEngines().flatMap(e => e.getViewports()) : [];
+  return viewports.length > 0 && viewports.every(v => v.getCurrentImageId && v.getCurrentImageId() && cs.cache.getImage(v.getCurrentImageId()));
+}"""
+
 # Show the image with this SOP Instance UID in the viewport that holds it; true when found.
 SHOW_IMAGE = """async (uid) => {
   const cs = window.cornerstone;
@@ -117,57 +146,52 @@ class ViewerPage:
         self.page.context.close()
 
     def load_local_files(self, files: list[Path], wait_for_text: str, timeout_ms: int = 60_000) -> None:
-        """OHIF's "load local files" route: it parses them in the page and opens the viewer by itself."""
+        """OHIF's "load local files" route: it parses them in the page and opens the viewer by itself.
+
+        Returns once ``wait_for_text`` is in the study browser and the viewer drew its first image.
+        """
         self.page.goto(f"{self.base}/localbasic")
         chooser = self.page.locator("input[type=file]").first
         chooser.wait_for(state="attached", timeout=timeout_ms)
         chooser.set_input_files([str(p) for p in files])
         self.page.get_by_text(wait_for_text).first.wait_for(timeout=timeout_ms)
+        self.page.wait_for_function(PROBE_VIEWER_DRAWN, timeout=timeout_ms, polling=200)
 
     def open_series(self, description: str) -> None:
         """Double-click a series in the study browser, as a reader would."""
         self.page.get_by_text(description).first.dblclick()
 
-    def open_segmentation(self, description: str, timeout_s: float = 30, grace_s: float = 3) -> None:
+    def open_segmentation(self, description: str, timeout_s: float = 60) -> None:
         """Open a SEG series and answer OHIF's "Do you want to open this Segmentation?" with Yes.
 
-        A SEG OHIF cannot handle never gets that question: OHIF logs an error
-        and either crashes to "Something went wrong" or stays on "Loading
-        SEG...".  Either ends the wait early with OhifRefusedSeg.  An error
-        logged while the question still comes (OHIF logs unrelated ones now
-        and then on a busy machine) is given ``grace_s`` to be followed by it.
+        A SEG OHIF cannot handle never gets that question: its load fails
+        (OHIF's display set says so) or OHIF crashes to "Something went
+        wrong".  Either ends the wait with OhifRefusedSeg, with the error
+        OHIF logged; nothing else does, so a slow machine only makes it wait.
         """
         yes = self.page.get_by_role("button", name="Yes", exact=True)
         crashed = self.page.get_by_text("Something went wrong")
         errors_before = len(self.console_errors)
         self.open_series(description)
         deadline = time.monotonic() + timeout_s
-        first_error_at = None
         while time.monotonic() < deadline:
+            loads = self.page.evaluate(PROBE_SEG_LOAD, description)
             if yes.count():
                 yes.click()
                 return
             new_errors = self.console_errors[errors_before:]
+            logged = new_errors[0].splitlines()[0] if new_errors else "no error logged"
             if crashed.count():
-                raise OhifRefusedSeg(f"OHIF crashed: {new_errors[0].splitlines()[0] if new_errors else 'no error logged'}")
-            if new_errors:
-                first_error_at = first_error_at or time.monotonic()
-                if time.monotonic() - first_error_at > grace_s:
-                    raise OhifRefusedSeg(new_errors[0].splitlines()[0])
+                raise OhifRefusedSeg(f"OHIF crashed: {logged}")
+            if any(load["started"] and not load["loading"] and not load["loaded"] for load in loads):
+                raise OhifRefusedSeg(f"OHIF could not load the SEG: {logged}")
             self.page.wait_for_timeout(200)
-        raise TimeoutError(f"OHIF neither offered to open the SEG nor logged an error within {timeout_s}s")
+        raise TimeoutError(f"OHIF neither offered to open the SEG nor failed to load it within {timeout_s}s")
 
-    def stable_labelmaps(self, timeout_s: float = 30) -> list[dict]:
-        """The labelmaps once OHIF has finished filling them (two equal read-backs in a row)."""
-        deadline = time.monotonic() + timeout_s
-        previous = None
-        while time.monotonic() < deadline:
-            current = self.page.evaluate(PROBE_LABELMAPS)
-            if current and all(image is not None for s in current for image in s["images"]) and current == previous:
-                return current
-            previous = current
-            self.page.wait_for_timeout(500)
-        raise TimeoutError(f"OHIF's labelmaps did not settle within {timeout_s}s: {previous!r:.300}")
+    def shown_labelmaps(self, description: str, timeout_s: float = 60) -> list[dict]:
+        """The labelmaps once OHIF draws the SEG with this series description (see PROBE_SEG_SHOWN)."""
+        self.page.wait_for_function(PROBE_SEG_SHOWN, arg=description, timeout=timeout_s * 1000, polling=200)
+        return self.page.evaluate(PROBE_LABELMAPS)
 
     def annotations(self, count: int, timeout_s: float = 30) -> list[dict]:
         deadline = time.monotonic() + timeout_s

@@ -9,12 +9,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.peers import REPO, NodeProcess, free_port, storescu, wait_port
+from tests.peers import REPO, NodeProcess, free_port, node_db_rows, storescu, wait_for, wait_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -139,10 +138,8 @@ def test_admin_in_a_browser(tmp_path: Path) -> None:
             expect(page.locator(".flash")).to_contain_text("saved as version 1")
 
             # the running node picks the new version up without a restart
-            deadline = time.monotonic() + 15
-            while page.request.get(f"{base}/api/status").json()["rules"]["in_force"].get("web-ct") != 1:
-                assert time.monotonic() < deadline, "the node did not load the saved rule"
-                time.sleep(0.3)
+            wait_for(lambda: page.request.get(f"{base}/api/status").json()["rules"]["in_force"].get("web-ct") == 1,
+                     timeout=15, interval=0.3, what="the node loading the saved rule")
             page.goto(f"{base}/rules")
             expect(page.locator("tr[data-rule='web-ct']")).to_contain_text("v1 (v1)")
             page.screenshot(path=str(ARTIFACTS / "rules.png"), full_page=True)
@@ -151,10 +148,10 @@ def test_admin_in_a_browser(tmp_path: Path) -> None:
             sent = storescu(node.port, study)
             assert sent.returncode == 0, sent.stderr
             archive = tmp_path / "archive"
-            deadline = time.monotonic() + 30
-            while len(list(archive.rglob("*.dcm"))) < len(study):
-                assert time.monotonic() < deadline, node.log_text()[-3000:]
-                time.sleep(0.3)
+            # the page below shows the delivery's state, recorded just after the files were written
+            wait_for(lambda: node_db_rows(node, "select state from deliveries") == [("delivered",)], timeout=30,
+                     what="the study delivered to the archive")
+            assert len(list(archive.rglob("*.dcm"))) == len(study), node.log_text()[-3000:]
             page.goto(f"{base}/operations")
             expect(page.locator("#studies")).to_contain_text("web-ct")
             expect(page.locator("[data-key='instances']")).to_have_text("3")

@@ -1,0 +1,65 @@
+"""The node's built-in numbers that are not in ``node.toml``, each with the reason for its value.
+
+What an administrator may need to change (association limit, receiver
+timeouts, sweep period, delivery batch size, ...) is a field of
+``node.toml``, documented there.  What is left here is internal pacing or a
+bound on one piece of work: named in one place, so that changing one is a
+reviewed one-line edit, not a hunt through the stages.
+"""
+from __future__ import annotations
+
+# --- receive -----------------------------------------------------------------------------------------
+
+SPOOL_SLOT_BATCH = 32
+"""Empty spool slots made (and made durable with one directory flush) at a time: one flush per 32
+objects instead of one per object, and at most 32 empty files left behind by a stop."""
+
+REACTOR_BUSY_SLICE_SECONDS = 0.0002
+"""How often a busy DUL checks its socket while waiting on its send queue: a fifth of the 1 ms
+pynetdicom would sleep, small against a 6-7 ms C-STORE round trip, long enough not to spin a core."""
+
+REACTOR_BUSY_WINDOW_SECONDS = 0.5
+"""How long after the last traffic a DUL counts as busy: spans the gaps between the objects of a
+transfer; an idle association goes back to waiting on its socket alone."""
+
+# --- delivery ----------------------------------------------------------------------------------------
+
+SCU_UNLIMITED_FRAGMENT = 4 << 20
+"""Fragment size (bytes) when the peer sets no maximum PDU length: a CT slice or a radiograph goes
+in one or two PDUs, and no PDU is ever the size of a whole multi-frame object."""
+
+SCU_RECEIVE_MAX_PDU = 1 << 20
+"""Our receive limit (bytes) as an SCU, advertised in the request: responses are a few hundred bytes."""
+
+# --- routing -----------------------------------------------------------------------------------------
+
+INSTANCE_PASS_LIMIT = 256
+"""Objects judged per instance-level pass: a pass reads their headers in the dispatcher's thread
+(~0.7 ms each, so about 0.2 s), and a burst of thousands is worked through over several sweeps
+instead of holding up series completion in one."""
+
+# --- ops ---------------------------------------------------------------------------------------------
+
+DRY_RUN_MAX_FILES = 500
+"""Headers read per dry run; a series is judged on these.  More than a typical CT series, and a
+dry run (a click in the admin app) stays under a second."""
+
+# --- runtime -----------------------------------------------------------------------------------------
+
+RULES_RELOAD_SECONDS = 2.0
+"""How often the rules (folder or database) are checked for edits: node.toml promises an edit is
+picked up within 2 s; a check is a stat per file or one query."""
+
+JOB_SUPERVISOR_SECONDS = 1.0
+"""How often the supervisor looks for timed-out jobs and idle or dead workers: job timeouts are
+minutes, so a second is precise enough, and the check is one query."""
+
+RECEIVER_START_SECONDS = 30.0
+"""How long the node waits for its receiver process to listen before giving up: the child imports
+pynetdicom and opens the database (a few seconds on a busy machine)."""
+
+RECEIVER_CHECK_SECONDS = 0.5
+"""How often the parent checks that the receiver process is alive (and restarts it when not)."""
+
+RECEIVER_STOP_SECONDS = 15.0
+"""How long a stopping receiver may take (it finishes the object in flight) before it is killed."""
