@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Shared set-up for run.sh and test.sh: Debian packages (when missing and we
 # can install), then a virtual environment in .venv with the project.
-#   deploy/setup.sh            runtime only
+#   deploy/setup.sh            runtime: the node with the web admin and the models extra
 #   deploy/setup.sh test       runtime + test peers (dcmtk, Orthanc, dicom3tools, PostgreSQL, Chromium) + test extras
+# The models extra (torch, SimpleITK, OpenCV, h5py, SciPy, highdicom: about 1.4 GB with the CPU torch) is
+# installed in both modes: the README promises weight-free models and the self test
+# out of the box.  A forward-only node installs without it: pip install '.[web]'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
@@ -31,9 +34,9 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 if [ "$mode" = "test" ]; then
-  .venv/bin/pip install -q -e ".[test,web,postgres]"
+  .venv/bin/pip install -q -e ".[test,web,postgres,models]"
 else
-  .venv/bin/pip install -q -e ".[web]"
+  .venv/bin/pip install -q -e ".[web,models]"
 fi
 
 # --- viewer check (tests/viewer, test mode only) ------------------------------

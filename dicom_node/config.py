@@ -15,7 +15,7 @@ import ipaddress
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -43,6 +43,12 @@ _T = TypeVar("_T")
 
 class ConfigError(ValueError):
     """The configuration is invalid; each line of the message starts with the offending field."""
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, subject: str | None = None) -> ConfigError:
+        """One line per mistake; ``subject`` names what was built in code (a CLI peer), the file needs none."""
+        lines = [_line(error) for error in exc.errors(include_url=False)]
+        return cls("\n".join(f"{subject}: {line}" if subject else line for line in lines))
 
 
 # --- field types -----------------------------------------------------------------------------------
@@ -225,7 +231,7 @@ class DicomDestination(_Table):
     calling_ae_title: AETitle | None = None
     max_pdu: MaxPdu = 0
     timeout_seconds: Positive = 30.0
-    kind: Literal["dicom"] = Field("dicom", alias="type")
+    kind: Literal["dicom"] = Field(default="dicom", alias="type")
 
 
 class FolderDestination(_Table):
@@ -233,7 +239,7 @@ class FolderDestination(_Table):
 
     name: str = Field(validation_alias=_TABLE_NAME)
     path: ConfigPath
-    kind: Literal["folder"] = Field("folder", alias="type")
+    kind: Literal["folder"] = Field(default="folder", alias="type")
 
 
 Destination = DicomDestination | FolderDestination
@@ -246,7 +252,7 @@ def _destination_type(value: Any) -> str | None:
 
 
 _TaggedDestination = Annotated[
-    Union[Annotated[DicomDestination, Tag("dicom")], Annotated[FolderDestination, Tag("folder")]],
+    Annotated[DicomDestination, Tag("dicom")] | Annotated[FolderDestination, Tag("folder")],
     Discriminator(_destination_type),
 ]
 
@@ -479,16 +485,12 @@ def _line(error: Any) -> str:
     return f"{where}: {message}"
 
 
-def _describe(exc: ValidationError) -> str:
-    return "\n".join(_line(error) for error in exc.errors(include_url=False))
-
-
 def parse_config(data: dict[str, Any], base: Path) -> NodeConfig:
     """Validate a parsed TOML document; ``base`` resolves relative paths."""
     try:
         return NodeConfig.model_validate(data, context={"base": base})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError.from_validation(exc) from None
 
 
 def load_config(path: str | Path) -> NodeConfig:

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from dicom_node import __version__
 from dicom_node.config import ConfigError, DicomDestination, NodeConfig, load_config
 
@@ -39,7 +41,10 @@ def _resolve_peer(config: NodeConfig, name: str | None) -> Any:
         return config.destinations[name]
     match = _PEER_RE.match(name)
     if match:
-        return DicomDestination(name=name, ae_title=match["aet"], host=match["host"], port=int(match["port"]))
+        try:
+            return DicomDestination(name=name, ae_title=match["aet"], host=match["host"], port=int(match["port"]))
+        except ValidationError as exc:
+            raise ConfigError.from_validation(exc, f"destination {name!r}") from None
     known = ", ".join(sorted(config.destinations)) or "none configured"
     raise ConfigError(f"unknown destination {name!r}: use a name from node.toml ({known}), 'node', or AET@host:port")
 

@@ -119,7 +119,7 @@ def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) ->
         loaded = cache.get(name, action.get("options", {}))
         timings["load_s"] = time.perf_counter() - start
         t = time.perf_counter()
-        datasets = [pydicom.dcmread(p) for p in paths]
+        datasets: list[pydicom.Dataset] = [pydicom.dcmread(p) for p in paths]
         timings["read_s"] = time.perf_counter() - t
         t = time.perf_counter()
         if info.input_kind == "image":

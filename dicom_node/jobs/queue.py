@@ -7,7 +7,9 @@ Retries by an operator and recovery after a restart put jobs back here.
 """
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, select, update
 
 from dicom_node.clock import utcnow
 from dicom_node.db import Database, Job
@@ -19,10 +21,10 @@ def claim_next_job(db: Database, worker: str) -> int | None:
     now = utcnow()
     with db.write() as session:
         for job_id in session.scalars(select(Job.id).where(Job.state == JobState.PENDING).order_by(Job.id).limit(5)).all():
-            claimed = session.execute(
+            claimed = cast(CursorResult[Any], session.execute(
                 update(Job).where(Job.id == job_id, Job.state == JobState.PENDING)
                 .values(state=JobState.RUNNING, started_at=now, attempts=Job.attempts + 1, worker=worker)
-            ).rowcount
+            )).rowcount  # an UPDATE's result is a CursorResult
             if claimed:
                 return job_id
     return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from multiprocessing.process import BaseProcess
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,7 +28,7 @@ class JobSupervisor:
 
     def __init__(self, config_path: Path, config: NodeConfig, db: Database) -> None:
         self.config_path, self.config, self.db = config_path, config, db
-        self._procs: dict[str, multiprocessing.Process] = {}
+        self._procs: dict[str, BaseProcess] = {}
         self._ctx = multiprocessing.get_context("spawn")
 
     def _spawn(self, name: str) -> None:

@@ -41,7 +41,7 @@ def retry_model_jobs(db: Database, actor: str, client: str | None, ids: list[int
 
 def destination_rows(config: NodeConfig) -> list[dict[str, Any]]:
     """Every destination with where it points, for the destinations page and the API."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, dest in sorted(config.destinations.items()):
         if isinstance(dest, FolderDestination):
             rows.append({"name": name, "type": "folder", "where": str(dest.path)})

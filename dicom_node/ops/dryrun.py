@@ -35,7 +35,8 @@ class DryRunInput:
 
 
 def _read(paths: list[str]) -> tuple[list[Dataset], list[str]]:
-    out, problems = [], []
+    out: list[Dataset] = []
+    problems: list[str] = []
     for path in paths:
         try:
             out.append(pydicom.dcmread(path, stop_before_pixels=True))
@@ -107,6 +108,6 @@ def explain(ruleset: RuleSet, data: DryRunInput, highlight: str | None = None) -
                               "rules": rows(ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series")) + instance_rules})
     if any(r.level == "study" for r in ruleset.rules):
         out["study"] = rows(ruleset.explain(StudyHeaders.from_instances(data.study), level="study"))
-    fired = [r["rule"] for s in out["series"] for r in s["rules"] if r["status"] == "fired"] + [r["rule"] for r in out["study"] if r["status"] == "fired"]
-    out["fired"] = sorted(set(fired))
+    fired_rules = [r["rule"] for s in out["series"] for r in s["rules"] if r["status"] == "fired"] + [r["rule"] for r in out["study"] if r["status"] == "fired"]
+    out["fired"] = sorted(set(fired_rules))
     return out

@@ -178,11 +178,11 @@ def progress(session: Session, run: SelfTestRun) -> list[Step]:
         if not jobs:
             steps.append(Step("model run", "waiting", None, "no job yet"))
         else:
-            failed = [j for j in jobs if j.state == JobState.FAILED]
+            failed_jobs = [j for j in jobs if j.state == JobState.FAILED]
             done = all(j.state == JobState.DONE for j in jobs)
-            state = "failed" if failed else "done" if done else "waiting"
+            state = "failed" if failed_jobs else "done" if done else "waiting"
             at = max((j.finished_at for j in jobs if j.finished_at), default=None)
-            detail = failed[0].error or "" if failed else ", ".join(f"job {j.id} {j.state}" for j in jobs)
+            detail = failed_jobs[0].error or "" if failed_jobs else ", ".join(f"job {j.id} {j.state}" for j in jobs)
             steps.append(Step("model run", state, at if state != "waiting" else None, detail))
     deliveries = session.scalars(select(Delivery).where(Delivery.rule_name == temp)).all() if temp else []
     if not deliveries:
@@ -259,7 +259,7 @@ def execute(
         explanations = ruleset.explain(SeriesHeaders.from_datasets(datasets), level="series")
         explanation = next(e for e in explanations if e.rule.name == rule_name)
         notes.append(f"the chosen rule itself on this synthetic CT: {explanation}")
-    elif chosen is not None and chosen.level == "instance":
+    elif ruleset is not None and chosen is not None and chosen.level == "instance":
         fired = next((count for e, count in ruleset.explain_instances(datasets) if e.rule.name == rule_name), 0)
         notes.append(f"the chosen rule itself fires for {fired} of {len(datasets)} objects of this synthetic CT; "
                      "the temporary copy routes the test series at series level")

@@ -147,6 +147,7 @@ class Dispatcher:
         from routing_rules.headers import SeriesHeaders, StudyHeaders
 
         ruleset = self.rules.current()
+        view: SeriesHeaders | StudyHeaders
         if target.level == "series":
             view = SeriesHeaders.from_datasets(headers, findings=findings)
         else:
@@ -239,7 +240,7 @@ class Dispatcher:
         with self.db.session() as session:
             job = session.get(Job, job_id)
             assert job is not None
-            model = job.action.get("model")
+            model = str(job.action.get("model"))
             has_classification = JobResult.from_json(job.result).classification is not None
             if series_id is not None:
                 series = session.get(Series, series_id)
@@ -259,9 +260,13 @@ class Dispatcher:
                 return
             if series_id is not None:
                 series = session.get(Series, series_id)
+                if series is None:
+                    return
                 target = Target("series", series.series_instance_uid, job.run_number, series.id, series.study_id, list(series.instances))
             else:
                 study = session.get(Study, study_id)
+                if study is None:
+                    return
                 target = Target("study", study.study_instance_uid, job.run_number, None, study.id,
                                 [i for s in study.series for i in s.instances])
             summary = self._apply(session, target, headers, now, findings=findings, triggered_by=[model])

@@ -29,7 +29,7 @@ def home() -> Response:
 @router.get("/operations", include_in_schema=False)
 def operations_page(request: Request, principal: auth.Principal = Depends(viewer)) -> Response:
     with context(request).db.session() as session:
-        values = {"counts": queries.counts(session), "studies": queries.recent_studies(session),
+        values: dict[str, Any] = {"counts": queries.counts(session), "studies": queries.recent_studies(session),
                   "failed": queries.deliveries(session, DeliveryState.FAILED, 50), "failed_jobs": queries.failed_jobs(session)}
     return render(request, "operations.html", principal, title="Operations", **values)
 

@@ -163,7 +163,7 @@ def test_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
 
 def test_no_listener_means_one_on_the_node_ae_title(tmp_path: Path) -> None:
     config = parse_config({"node": {"ae_title": "ROUTER"}}, tmp_path)
-    assert [(l.ae_title, l.allowed_calling_aets, l.allowed_hosts) for l in config.listeners] == [
+    assert [(each.ae_title, each.allowed_calling_aets, each.allowed_hosts) for each in config.listeners] == [
         ("ROUTER", ("DICOM_NODE_SCU", "STORESCU"), ("127.0.0.1", "::1"))
     ]
 
@@ -197,3 +197,12 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_text("[node]\nport = 0\n")
     assert main(["--config", str(path), "status"]) == 2
+
+
+def test_cli_names_the_mistake_in_a_peer_given_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_node.cli.main import main
+
+    path = tmp_path / "node.toml"
+    path.write_text("[web]\nenabled = false\n")
+    assert main(["--config", str(path), "echo", "PACS@127.0.0.1:99999"]) == 2
+    assert "destination 'PACS@127.0.0.1:99999': port: port must be 1-65535, got 99999" in capsys.readouterr().err

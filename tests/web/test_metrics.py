@@ -236,7 +236,7 @@ def test_exposition_parses_and_agrees_with_status_after_a_real_forward(make_node
             web = queries.counts(s)
     finally:
         db.dispose()
-    assert {"dicom_node", "dicom_node_instances_received", "dicom_node_series", "dicom_node_deliveries", "dicom_node_delivery_items",
+    assert {"dicom_node_info", "dicom_node_instances_received", "dicom_node_series", "dicom_node_deliveries", "dicom_node_delivery_items",
             "dicom_node_queue_depth", "dicom_node_delivery_item_duration_seconds", "dicom_node_delivery_latency_seconds",
             "dicom_node_series_routing_latency_seconds", "dicom_node_job_duration_seconds"} <= set(families)
     assert families["dicom_node_instances_received"].type == "counter"
