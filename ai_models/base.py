@@ -58,6 +58,7 @@ def channels_last(net: torch.nn.Module) -> torch.nn.Module:
     uses tensor cores for it.  Numerically the same network; outputs may come
     back NHWC-strided, which reshape/permute handle.
     """
-    net.to(memory_format=torch.channels_last)
+    # Module.to takes memory_format as a keyword (documented); torch's overloads leave it out
+    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net.register_forward_pre_hook(_nhwc_inputs)
     return net

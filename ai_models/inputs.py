@@ -30,7 +30,7 @@ def read_datasets(source: Source) -> list[Dataset]:
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():
-            out = []
+            out: list[Dataset] = []
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
                 try:
                     out.append(pydicom.dcmread(child))

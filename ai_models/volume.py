@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import permutations
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -171,7 +171,8 @@ class Volume:
         return sitk.GetArrayFromImage(out)
 
 
-def _required(ds: Dataset, keyword: str) -> object:
+def _required(ds: Dataset, keyword: str) -> Any:
+    """The attribute's value, whatever pydicom holds for it (a number, a MultiValue...); missing or empty is an error."""
     value = getattr(ds, keyword, None)
     if value is None or (hasattr(value, "__len__") and len(value) == 0):
         uid = getattr(ds, "SOPInstanceUID", "?")

@@ -10,11 +10,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from tests.isolation import check_pynetdicom_settings  # noqa: E402
 from tests.peers import Orthanc, StoreSCP, have  # noqa: E402
-from tests.tiers import FAST_MARKER, mark_fast  # noqa: E402
+from tests.tiers import FAST_MARKER, mark_fast, not_collected_for_fast  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", FAST_MARKER)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    return True if not_collected_for_fast(collection_path, config) else None
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest deselects by mark (-m fast)

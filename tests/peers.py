@@ -291,7 +291,7 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str 
         time.sleep(interval)
 
 
-def node_db_rows(node: "NodeProcess", sql: str) -> list:
+def node_db_rows(node: NodeProcess, sql: str) -> list:
     """Rows of a query on a test node's SQLite database."""
     import sqlite3
 
@@ -310,7 +310,7 @@ _UNFINISHED = (
 )
 
 
-def unfinished_work(node: "NodeProcess", *, completion: bool = True) -> dict[str, int]:
+def unfinished_work(node: NodeProcess, *, completion: bool = True) -> dict[str, int]:
     """What the node has yet to do, as counts (all 0: nothing more will be sent).
 
     A test that checks that something was sent once, or not at all, waits
@@ -324,7 +324,7 @@ def unfinished_work(node: "NodeProcess", *, completion: bool = True) -> dict[str
     return {what: node_db_rows(node, sql)[0][0] for what, sql, waits in _UNFINISHED if completion or not waits}
 
 
-def wait_until_settled(node: "NodeProcess", *, timeout: float = 60.0, completion: bool = True) -> None:
+def wait_until_settled(node: NodeProcess, *, timeout: float = 60.0, completion: bool = True) -> None:
     """Wait until the node has nothing left to do (see :func:`unfinished_work`)."""
     left: dict[str, int] = {}
 

@@ -1,8 +1,9 @@
 """Which tests form the fast tier, decided from what each test uses (no marker to remember).
 
 A test is slow when it needs something outside its own process or heavy:
-a node, peer or browser process (the fixtures below, or a module under a
-folder that drives one), TensorFlow, PostgreSQL, or a mark that says so.
+a node, peer or browser process (the fixtures below), TensorFlow,
+PostgreSQL, a mark that says so, or a folder of such tests (the browser
+checks, the benchmarks, the models run on whole images).
 Everything else is ``fast``: ``pytest -m fast`` runs the unit tests in
 under a minute, and a new test is classified by the fixtures it asks for.
 """
@@ -20,8 +21,9 @@ SLOW_MARKS = frozenset({"peers", "tf", "postgres", "slow"})
 # Fixtures that start a process (node, Orthanc, storescp, PostgreSQL, Chromium/OHIF).
 PROCESS_FIXTURES = frozenset({"make_node", "orthanc", "storescp", "postgres_url", "ohif", "browser", "viewer"})
 
-# Folders whose tests drive a browser or measure; never unit tests.
-SLOW_FOLDERS = (TESTS / "viewer", TESTS / "bench")
+# Folders whose tests drive a browser, measure, or run the models on whole images and
+# volumes (seconds each on a CPU: together several minutes, the model tier).
+SLOW_FOLDERS = (TESTS / "viewer", TESTS / "bench", TESTS / "ai_models")
 
 FAST_MARKER = "fast: unit tests: no node, peer or browser process, no TensorFlow (pytest -m fast, under a minute)"
 
@@ -45,3 +47,8 @@ def mark_fast(items: list[pytest.Item]) -> None:
     for item in items:
         if why_slow(item) is None:
             item.add_marker(pytest.mark.fast)
+
+
+def not_collected_for_fast(path: Path, config: pytest.Config) -> bool:
+    """Under ``-m fast``, skip importing the folders that hold no fast test (torch alone takes seconds)."""
+    return config.getoption("markexpr", "") == "fast" and any(path.is_relative_to(folder) for folder in SLOW_FOLDERS)

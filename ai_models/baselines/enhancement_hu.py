@@ -292,8 +292,9 @@ def _slice_position(ds: Dataset) -> float | None:
 def sort_slices(datasets: Sequence[Dataset]) -> tuple[list[Dataset], str]:
     """Slices in spatial order: by position along the normal, else by InstanceNumber."""
     positions = [_slice_position(ds) for ds in datasets]
-    if all(p is not None for p in positions):
-        order = sorted(range(len(datasets)), key=lambda i: positions[i])
+    known = [p for p in positions if p is not None]
+    if len(known) == len(datasets):
+        order = sorted(range(len(datasets)), key=known.__getitem__)
         return [datasets[i] for i in order], "position along slice normal"
     try:
         return sorted(datasets, key=lambda ds: int(ds.InstanceNumber)), "instance number (geometry missing)"
@@ -409,7 +410,7 @@ class EnhancementHU(Model):
             )
         probabilities = self._probabilities(median)
         label = LABELS[1] if probabilities[LABELS[1]] >= 0.5 else LABELS[0]
-        slice_labels = [max(e.probabilities, key=e.probabilities.get) for e in evidence if e.used]
+        slice_labels = [max(e.probabilities, key=e.probabilities.__getitem__) for e in evidence if e.used]
         header_value, header_claims = header_contrast(datasets)
         return Classification(
             model=self.info.name,

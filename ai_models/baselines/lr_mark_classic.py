@@ -223,7 +223,7 @@ def classify_letter(mask: np.ndarray) -> tuple[str, float, float]:
     vectors, letters, _ = _templates()
     scores = vectors @ _normalised(mask)
     best = {letter: max(float(s) for s, lab in zip(scores, letters) if lab == letter) for letter in LETTERS}
-    ranked = sorted(best, key=best.get, reverse=True)
+    ranked = sorted(best, key=best.__getitem__, reverse=True)
     return ranked[0], best[ranked[0]], best[ranked[0]] - best[ranked[1]]
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
 from ai_models.baselines.lr_mark_classic import HERSHEY_FONTS
@@ -41,7 +41,7 @@ def _base_dataset(sop_class_uid: str, modality: str, study_uid: str, series_uid:
     """A dataset with file meta and the identifying attributes every instance needs."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     sop_uid = generate_uid()
@@ -309,7 +309,7 @@ def radiograph_background(rng: np.random.Generator, rows: int, cols: int, noise_
     """A smooth chest-like display image in 0..1 (bright = dense): dark air outside
     the body, darker lungs, bright mediastinum and spine, faint ribs and clavicles."""
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
-    img = np.full((rows, cols), rng.uniform(0.04, 0.12), np.float32)
+    img: np.ndarray = np.full((rows, cols), rng.uniform(0.04, 0.12), np.float32)  # cv2 types what it returns as any MatLike
     cx = cols * (0.5 + rng.uniform(-0.05, 0.05))
     body_top = rows * rng.uniform(0.02, 0.12)
     half_width = cols * rng.uniform(0.36, 0.46)

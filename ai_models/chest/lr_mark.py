@@ -64,7 +64,8 @@ def preprocess(gray: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, Le
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"expected an 8-bit 2-D image, got {gray.dtype} {gray.shape}")
     bgr = np.repeat(gray[:, :, None], 3, axis=2)
-    box = Letterbox.for_image(*gray.shape, size=size)
+    height, width = gray.shape
+    box = Letterbox.for_image(height, width, size=size)
     canvas = box.apply(bgr).astype(np.float32) / 255.0
     normalised = (canvas - CHANNEL_MEAN) / CHANNEL_STD
     return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None]), box

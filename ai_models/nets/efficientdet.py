@@ -20,7 +20,9 @@ by-name loading.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +144,7 @@ class MBConv(nn.Module):
         # made by a convolution or BatchNorm (``x`` itself is never written).
         h = x
         if self.expand_conv is not None:
+            assert self.expand_bn is not None  # built together with expand_conv
             h = F.silu(self.expand_bn(self.expand_conv(h)), inplace=True)
         h = F.silu(self.bn(self.dwconv(h)), inplace=True)
         gate = F.silu(self.se_reduce(h.mean(dim=(2, 3), keepdim=True)))
@@ -195,7 +198,7 @@ class EfficientNetB0(nn.Module):
 
     def keras_layers(self) -> dict[str, nn.Module]:
         layers: dict[str, nn.Module] = {"stem_conv": self.stem_conv, "stem_bn": self.stem_bn}
-        for block in self.blocks:
+        for block in cast("Iterable[MBConv]", self.blocks):  # ModuleList yields plain Modules
             layers.update(block.keras_layers())
         return layers
 
@@ -288,13 +291,16 @@ class BiFPNLayer(nn.Module):
 
     def keras_layers(self) -> dict[str, nn.Module]:
         prefix = f"BiFPN_{self.index}"
+        # ModuleDict yields plain Modules; __init__ fills these two with the blocks named here
+        inputs = cast("Mapping[str, _ConvBlock]", self.inputs)
+        fusions = cast("Mapping[str, _DepthwiseBlock]", self.fusions)
         layers: dict[str, nn.Module] = {}
         for level in LEVELS:
-            layers[f"{prefix}_{level}_conv"] = self.inputs[level].conv
-            layers[f"{prefix}_{level}_bn"] = self.inputs[level].bn
+            layers[f"{prefix}_{level}_conv"] = inputs[level].conv
+            layers[f"{prefix}_{level}_bn"] = inputs[level].bn
         for name in FUSION_NAMES:
-            layers[f"{prefix}_{name}_dconv"] = self.fusions[name].dconv
-            layers[f"{prefix}_{name}_bn"] = self.fusions[name].bn
+            layers[f"{prefix}_{name}_dconv"] = fusions[name].dconv
+            layers[f"{prefix}_{name}_bn"] = fusions[name].bn
         return layers
 
 
@@ -348,7 +354,7 @@ class EfficientDetD0Lite(nn.Module):
         """Keras layer name -> module(s) holding its weights; 182 entries (section 4.1)."""
         refuse_if_folded(self)
         layers: dict[str, nn.Module | list[nn.Module]] = dict(self.backbone.keras_layers())
-        for layer in self.bifpn:
+        for layer in cast("Iterable[BiFPNLayer]", self.bifpn):  # ModuleList yields plain Modules
             layers.update(layer.keras_layers())
         layers["box_head"] = self.box_head.keras_modules()
         layers["class_head"] = self.class_head.keras_modules()

@@ -26,7 +26,9 @@ different architecture (ResNet101, another head) is refused with a
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -141,7 +143,7 @@ class ResNet50Backbone(nn.Module):
     def keras_layers(self) -> dict[str, nn.Module]:
         """Keras layer name -> the torch module holding that layer's weights (106 entries)."""
         layers: dict[str, nn.Module] = {"conv1_conv": self.conv1_conv, "conv1_bn": self.conv1_bn}
-        for block in self.blocks:
+        for block in cast("Iterable[Bottleneck]", self.blocks):  # Sequential yields plain Modules
             layers.update(block.keras_layers())
         return layers
 

@@ -60,6 +60,7 @@ class UpsampleConv3x3(nn.Module):
             ]
             module.phases.weight.copy_(torch.cat(kernels).to(conv.weight.dtype))
             bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=weight.device)
+            assert module.phases.bias is not None  # __init__ builds phases with bias=True
             module.phases.bias.copy_(bias.repeat(4).to(conv.weight.dtype))
         module.train(conv.training)
         return module

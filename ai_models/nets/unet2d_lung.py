@@ -12,6 +12,8 @@ order for position-based loading.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,7 +45,8 @@ class _UpStage(nn.Module):
 
     def fold_upsampling(self) -> None:
         if not self.upsampling_folded:
-            self.conv_a = UpsampleConv3x3.from_conv(self.conv_a)
+            # unfolded, conv_a is still the 3x3 convolution _conv built
+            self.conv_a = UpsampleConv3x3.from_conv(cast(nn.Conv2d, self.conv_a))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if not self.upsampling_folded:

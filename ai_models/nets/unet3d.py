@@ -22,7 +22,9 @@ through ``keras_layers()`` for :func:`ai_models.weights.keras_h5.load_topologica
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -122,7 +124,7 @@ class _UpStep(nn.Module):
 
     def keras_layers(self) -> list[nn.Module]:
         layers: list[nn.Module] = [self.up, self.up_norm]
-        for unit in self.convs:
+        for unit in cast("Iterable[_ConvUnit]", self.convs):  # ModuleList yields plain Modules
             layers.extend(unit.keras_layers())
         return layers
 
@@ -151,7 +153,7 @@ class INUNet3D(KerasLoadable):
         for i, level in enumerate(self.enc):
             if i:
                 x = F.max_pool3d(x, 2)
-            for unit in level:
+            for unit in cast(nn.ModuleList, level):  # each level is a ModuleList of conv units
                 x = unit(x)
             skips.append(x)
         for step, skip in zip(self.dec, reversed(skips[:-1])):
@@ -164,10 +166,11 @@ class INUNet3D(KerasLoadable):
     def keras_layers(self) -> list[nn.Module]:
         """The 41 weight-bearing layers in Appendix A.2 order."""
         layers: list[nn.Module] = []
+        # ModuleLists yield plain Modules: enc holds ModuleLists of _ConvUnit, dec the _UpSteps
         for level in self.enc:
-            for unit in level:
+            for unit in cast("Iterable[_ConvUnit]", level):
                 layers.extend(unit.keras_layers())
-        for step in self.dec:
+        for step in cast("Iterable[_UpStep]", self.dec):
             layers.extend(step.keras_layers())
         layers.append(self.head)
         return layers
@@ -272,9 +275,9 @@ class SEResUNet3D(KerasLoadable):
     def keras_layers(self) -> list[nn.Module]:
         """51 (depth 3, Appendix A.3) or 69 (depth 4, A.4) weight-bearing layers in Keras order."""
         layers: list[nn.Module] = [*self.stem.keras_layers()]
-        for block in self.enc:
+        for block in cast("Iterable[_ResidualSE]", self.enc):  # ModuleList yields plain Modules
             layers.extend(block.keras_layers())
-        for dec in self.dec:
+        for dec in cast("Iterable[_SEDecoder]", self.dec):
             layers.extend(dec.keras_layers())
         layers.extend([self.final_up, self.final_up_norm, *self.final.keras_layers(), self.head])
         return layers

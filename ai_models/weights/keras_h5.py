@@ -128,6 +128,9 @@ def load_layer(module: nn.Module, arrays: Iterator[np.ndarray], where: str) -> N
         if module.affine:
             _copy(module.weight, _take(arrays, "gamma", where), f"{where} gamma")
             _copy(module.bias, _take(arrays, "beta", where), f"{where} beta")
+        if module.running_mean is None or module.running_var is None:
+            raise WeightError(f"{where}: BatchNorm without running statistics (track_running_stats=False) "
+                              "cannot take Keras moving_mean / moving_variance")
         _copy(module.running_mean, _take(arrays, "moving_mean", where), f"{where} moving_mean")
         _copy(module.running_var, _take(arrays, "moving_variance", where), f"{where} moving_variance")
     elif isinstance(module, (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)):

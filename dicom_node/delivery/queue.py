@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.clock import utcnow
@@ -86,10 +87,10 @@ def claim_next(db: Database, worker: str, batch_size: int) -> list[int]:
         ).all()
         return [
             delivery_id for delivery_id in candidates
-            if session.execute(
+            if cast(CursorResult[Any], session.execute(
                 update(Delivery).where(Delivery.id == delivery_id, Delivery.state == DeliveryState.PENDING)
                 .values(state=DeliveryState.SENDING, started_at=now, attempts=Delivery.attempts + 1)
-            ).rowcount
+            )).rowcount  # an UPDATE's result is a CursorResult
         ]
 
 

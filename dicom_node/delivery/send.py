@@ -16,13 +16,14 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, cast
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 from pynetdicom import AE, build_context
 from pynetdicom.dsutils import encode
-from pynetdicom.sop_class import Verification
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time via globals()
 
 from dicom_node.config import Destination, DicomDestination, FolderDestination
 from dicom_node.receive.file_meta import FileInfo, file_info
@@ -51,7 +52,7 @@ class ItemResult:
     duration_ms: float
 
 
-def _contexts(infos: Iterable[FileInfo]) -> list:
+def _contexts(infos: Iterable[FileInfo]) -> list[PresentationContext]:
     """Per SOP class: one context per stored syntax (sent as is), plus an uncompressed fallback."""
     wanted: dict[UID, set[UID]] = {}
     for info in infos:
@@ -61,7 +62,8 @@ def _contexts(infos: Iterable[FileInfo]) -> list:
         for ts in sorted(syntaxes):
             contexts.append(build_context(sop_class, [ts]))
         if syntaxes != {ExplicitVRLittleEndian}:
-            contexts.append(build_context(sop_class, UNCOMPRESSED))
+            # build_context only reads the list (it copies the syntaxes into the context)
+            contexts.append(build_context(sop_class, cast("list[str | UID]", UNCOMPRESSED)))
     if len(contexts) > 128:
         raise SendError(f"batch needs {len(contexts)} presentation contexts; the maximum is 128", permanent=True)
     return contexts

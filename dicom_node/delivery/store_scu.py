@@ -26,7 +26,7 @@ import mmap
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, cast
 
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
@@ -117,7 +117,8 @@ def _store_status(command: dict[int, bytes], message_id: int) -> StoreStatus:
 def _abort_reason(body: bytes) -> str:
     pdu = A_ABORT_RQ()
     pdu.decode(bytes([ABORT, 0]) + struct.pack(">I", len(body)) + body)
-    source = {0: "service user", 2: "service provider"}.get(pdu.source, f"source {pdu.source}")
+    sources: dict[int | None, str] = {0: "service user", 2: "service provider"}
+    source = sources.get(pdu.source, f"source {pdu.source}")
     return f"aborted by the peer's {source} (reason {pdu.reason_diagnostic})"
 
 
@@ -182,7 +183,8 @@ class StoreAssociation:
         for result in reply.presentation_context_definition_results_list:
             asked = by_id.get(result.context_id)
             if result.result == 0x00 and asked is not None and result.transfer_syntax:
-                accepted.setdefault((str(asked.abstract_syntax), str(result.transfer_syntax[0])), int(result.context_id))
+                # an accepted context's ID was decoded from the A-ASSOCIATE-AC: never None
+                accepted.setdefault((str(asked.abstract_syntax), str(result.transfer_syntax[0])), cast(int, result.context_id))
         return cls(sock, accepted, reply.maximum_length_received or 0, max_send_pdu)
 
     # -- C-STORE -----------------------------------------------------------

@@ -103,17 +103,21 @@ def acquisition_equipment(source: Dataset) -> hd.ContributingEquipment | None:
     manufacturer = str(source.get("Manufacturer", "") or "")
     if not manufacturer:
         return None
-    keywords = {
-        "manufacturer_model_name": "ManufacturerModelName",
-        "device_serial_number": "DeviceSerialNumber",
-        "institution_name": "InstitutionName",
-        "station_name": "StationName",
-    }
-    optional: dict[str, str | list[str]] = {arg: str(source.get(kw)) for arg, kw in keywords.items() if source.get(kw)}
+
+    def optional(keyword: str) -> str | None:
+        value = source.get(keyword)
+        return str(value) if value else None
+
     versions = source.get("SoftwareVersions")
-    if versions:
-        optional["software_versions"] = [str(v) for v in versions] if not isinstance(versions, str) else versions
-    return hd.ContributingEquipment(manufacturer, codes.DCM.AcquisitionEquipment, **optional)
+    software_versions = ([str(v) for v in versions] if not isinstance(versions, str) else versions) if versions else None
+    return hd.ContributingEquipment(
+        manufacturer, codes.DCM.AcquisitionEquipment,
+        manufacturer_model_name=optional("ManufacturerModelName"),
+        device_serial_number=optional("DeviceSerialNumber"),
+        institution_name=optional("InstitutionName"),
+        station_name=optional("StationName"),
+        software_versions=software_versions,
+    )
 
 
 def seg_algorithm(name: str, version: str, family: Code | hd.sr.CodedConcept) -> hd.AlgorithmIdentificationSequence:

@@ -21,11 +21,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
@@ -52,6 +52,12 @@ from dicom_node.outputs.common import (
 from dicom_node.outputs.seg import SEG_SOP_CLASS_UID, segment_codes
 
 DEFAULT_SR_SERIES_NUMBER = 901
+# The measurement groups (TID 1501, 1410, 1411) a report is made of
+_MeasurementGroup = (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+)
 OPAQUE_MARKER = codes.SCT.OpaqueMarker  # SCT 262301009: a lead L/R marker is a radiopaque marker
 LATERALITY = {"left": codes.SCT.Left, "right": codes.SCT.Right}
 
@@ -109,7 +115,7 @@ def _group_source_images(datasets: Sequence[Dataset]) -> list[hd.sr.SourceImageF
 
 
 def _report(sources: Sequence[Dataset], model: str, version: str, uid_root: str,
-            groups: list, referenced: Sequence[Dataset]) -> hd.sr.MeasurementReport:
+            groups: Sequence[_MeasurementGroup], referenced: Sequence[Dataset]) -> hd.sr.MeasurementReport:
     return hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(uid_root, model, version)),
         procedure_reported=_procedure(sources[0]),
@@ -139,7 +145,7 @@ def _document(evidence: Sequence[Dataset], report: hd.sr.MeasurementReport, *, m
         scheme.CodingSchemeDesignator = LOCAL_SCHEME
         scheme.CodingSchemeName = LOCAL_SCHEME_NAME
         scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
-        sr.CodingSchemeIdentificationSequence = DicomSequence([scheme])
+        sr.CodingSchemeIdentificationSequence = [scheme]  # pydicom stores it as a Sequence
     return sr
 
 
@@ -229,7 +235,7 @@ def build_detection_sr(
 ) -> hd.sr.ComprehensiveSR:
     """SR of L/R marker boxes: one planar ROI group per box, an "absent" group per image without one."""
     examined = sources_in_order(sources, result.source_sop_instance_uids, "the detection")
-    groups = []
+    groups: list[_MeasurementGroup] = []
     for number, box in enumerate(result.boxes, start=1):
         label = box.label.strip().lower()
         if label not in LATERALITY:
@@ -337,6 +343,16 @@ def _drop_segment_number_beside_frames(item: Dataset) -> None:
         _drop_segment_number_beside_frames(child)
 
 
+class _SegmentGroupFields(TypedDict):
+    """What a segment's measurement group says whichever template (TID 1501, 1410, 1411) carries it."""
+
+    tracking_identifier: hd.sr.TrackingIdentifier
+    finding_type: Code
+    finding_category: Code
+    algorithm_id: hd.sr.AlgorithmIdentification
+    measurements: list[hd.sr.Measurement]
+
+
 def build_segmentation_sr(
     sources: list[Dataset],
     result: Segmentation,
@@ -353,11 +369,11 @@ def build_segmentation_sr(
         raise ValueError("seg must be a DICOM Segmentation")
     algorithm = sr_algorithm(result.model, result.model_version)
     series = hd.sr.SourceSeriesForSegmentation(str(ordered[0].SeriesInstanceUID))
-    groups: list = []
+    groups: list[_MeasurementGroup] = []
     for label in sorted(k for k in result.label_names if k != 0):
         name = result.label_names[label]
         coded = segment_codes(name)
-        common = {
+        common: _SegmentGroupFields = {
             "tracking_identifier": hd.sr.TrackingIdentifier(uid=new_uid(uid_root), identifier=f"{result.model} {name}"),
             "finding_type": coded.type,
             "finding_category": coded.category,
@@ -368,25 +384,34 @@ def build_segmentation_sr(
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(source_images=_group_source_images(ordered), **common))
         elif len(ordered) == 1:
             number = _segment_number(seg, name)
-            reference = hd.sr.ReferencedSegmentationFrame(
+            frames = hd.sr.ReferencedSegmentationFrame(
                 sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
                 frame_number=_segment_frames(seg, number), segment_number=number,
                 source_image=hd.sr.SourceImageForSegmentation.from_source_image(ordered[0]),
             )
-            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_segment=reference, **common)
+            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_segment=frames, **common)
             _drop_segment_number_beside_frames(group[0])
             groups.append(group)
         else:
-            reference = hd.sr.ReferencedSegment(
+            segment = hd.sr.ReferencedSegment(
                 sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
                 segment_number=_segment_number(seg, name), source_series=series,
             )
-            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=reference, **common))
+            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=segment, **common))
     report = _report(sources, result.model, result.model_version, uid_root, groups, ordered if seg is None else [])
     evidence = [*ordered, seg] if seg is not None else ordered
     return _document(evidence, report, model=result.model, uid_root=uid_root, series_number=series_number,
                      series_description=series_description or f"{result.model} volumes SR",
                      instance_number=instance_number)
+
+
+class _DocumentOptions(TypedDict):
+    """The keyword arguments every ``build_*_sr`` takes."""
+
+    uid_root: str
+    series_number: int
+    series_description: str | None
+    instance_number: int
 
 
 def build_sr(
@@ -401,8 +426,8 @@ def build_sr(
     instance_number: int = 1,
 ) -> hd.sr.ComprehensiveSR:
     """The SR for any model result; ``seg`` only applies to segmentations, ``question`` to classifications."""
-    common = {"uid_root": uid_root, "series_number": series_number, "series_description": series_description,
-              "instance_number": instance_number}
+    common: _DocumentOptions = {"uid_root": uid_root, "series_number": series_number,
+                                "series_description": series_description, "instance_number": instance_number}
     if isinstance(result, Classification):
         return build_classification_sr(sources, result, question=question, **common)
     if isinstance(result, Detection):

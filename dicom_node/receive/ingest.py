@@ -13,17 +13,20 @@ the completion tracker dispatches it again (a new run number).
 """
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import Instance, Series, Study
 from dicom_node.db.states import SeriesState, StudyState
 
 if TYPE_CHECKING:
+    from sqlalchemy import Row
+
     from dicom_node.db import Database
 
 
@@ -128,9 +131,10 @@ def record_instance(
     return RecordOutcome(instance.id, series.id, duplicate, late, study.id)
 
 
-_INSTANCES_T = Instance.__table__
-_SERIES_T = Series.__table__
-_STUDIES_T = Study.__table__
+# Declarative types ``__table__`` as any FromClause; for these mapped classes it is their Table.
+_INSTANCES_T = cast(Table, Instance.__table__)
+_SERIES_T = cast(Table, Series.__table__)
+_STUDIES_T = cast(Table, Study.__table__)
 # Built once: SQLAlchemy caches their compiled form, so each call only binds values.
 _FIND_INSTANCE = select(_INSTANCES_T.c.id).where(_INSTANCES_T.c.sop_instance_uid == bindparam("b_uid"))
 _TOUCH_SERIES = (
@@ -171,14 +175,16 @@ def record_new_instance_fast(
     if conn.execute(_TOUCH_SERIES, {"b_series": series_id, "b_now": now}).rowcount != 1:
         return None
     conn.execute(_TOUCH_STUDY, {"b_study": study_id, "b_now": now})
-    instance_id = conn.execute(
+    inserted = conn.execute(
         _INSERT_INSTANCE,
         {
             "series_id": series_id, "sop_instance_uid": header.sop_uid, "sop_class_uid": header.sop_class_uid,
             "transfer_syntax_uid": header.transfer_syntax_uid, "path": path, "size": size, "received_at": now,
             "association_id": association_id, "version": 1, "late": False,
         },
-    ).inserted_primary_key[0]
+    )
+    # Optional only for an INSERT that produced no key; a single-row INSERT into an autoincrement table has one
+    instance_id = cast("Row[int]", inserted.inserted_primary_key)[0]
     return RecordOutcome(instance_id, series_id, False, False, study_id)
 
 
@@ -223,7 +229,9 @@ class SQLiteFastRecorder:
             raise ValueError("SQLiteFastRecorder needs an SQLite database")
         self._lock = db.write_lock
         self._pooled = db.engine.raw_connection()
-        self._conn = self._pooled.driver_connection
+        # a URL starting "sqlite" uses the default pysqlite driver, whose connection is sqlite3's;
+        # SQLAlchemy types it Optional only for a connection already invalidated
+        self._conn = cast(sqlite3.Connection, self._pooled.driver_connection)
 
     def record(
         self,
@@ -259,14 +267,14 @@ class SQLiteFastRecorder:
                     (series_id, header.sop_uid, header.sop_class_uid, header.transfer_syntax_uid, path, size, stamp,
                      association_id),
                 )
-                instance_id = cur.lastrowid
+                instance_id = cast(int, cur.lastrowid)  # set by the INSERT just executed
                 self._conn.commit()
             except BaseException:
                 self._conn.rollback()
                 raise
             finally:
                 cur.close()
-        return RecordOutcome(int(instance_id), series_id, False, False, study_id)
+        return RecordOutcome(instance_id, series_id, False, False, study_id)
 
     def close(self) -> None:
         self._pooled.close()

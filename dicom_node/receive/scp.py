@@ -11,16 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from io import BytesIO
+from typing import Any, cast
 
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
     JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
     JPEGLSLossless, JPEGLSNearLossless, RLELossless, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time via globals()
 
 from dicom_node.receive import pynetdicom_patches
 from dicom_node.clock import utcnow
@@ -56,7 +60,13 @@ STATUS_SOP_CLASS_REFUSED = 0x0122
 _LAST_HEADER_TAG = 0x0020000E  # Series Instance UID: every attribute the database keeps comes before it
 
 
-def _identifying_header(event: evt.Event) -> Any:
+# _identifying_header, _identifiers and Receiver._store run only for EVT_C_STORE.
+# pynetdicom types ``Event.request`` as the union of every DIMSE request and
+# ``C_STORE.DataSet`` as optional; there the request is always a C-STORE whose
+# DataSet holds the received bytes, so casts say so without a per-instance check.
+
+
+def _identifying_header(event: evt.Event) -> Dataset:
     """Decode only the attributes up to Series Instance UID, not the pixel data.
 
     Parsing the whole dataset (``event.dataset``) costs more CPU than every
@@ -69,7 +79,7 @@ def _identifying_header(event: evt.Event) -> Any:
         return event.dataset
     from pydicom.filereader import read_dataset
 
-    stream = event.request.DataSet
+    stream = cast(BytesIO, cast(C_STORE, event.request).DataSet)
     stream.seek(0)
     try:
         return read_dataset(
@@ -84,7 +94,8 @@ def _identifiers(event: evt.Event) -> Identifiers:
     """The identifying attributes: read from the bytes where :mod:`dicom_node.receive.identifiers` can, else by pydicom."""
     syntax = event.context.transfer_syntax
     if not syntax.is_deflated:
-        fast = read_identifiers(event.request.DataSet.getbuffer(), implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
+        data = cast(BytesIO, cast(C_STORE, event.request).DataSet)
+        fast = read_identifiers(data.getbuffer(), implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
         if fast is not None:
             return fast
     ds = _identifying_header(event)
@@ -116,6 +127,7 @@ class Receiver:
         ae.dimse_timeout = self.config.node.dimse_timeout_seconds
         ae.require_called_aet = False  # checked per listener in _on_requested
         for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None  # pynetdicom builds each of these from a SOP class UID
             ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         return ae
@@ -131,6 +143,7 @@ class Receiver:
 
     def _on_requested(self, event: evt.Event) -> None:
         primitive = event.assoc.requestor.primitive
+        assert primitive is not None  # pynetdicom stores the A-ASSOCIATE-RQ before it triggers EVT_REQUESTED
         calling = primitive.calling_ae_title.strip()
         called = primitive.called_ae_title.strip()
         host = event.assoc.requestor.address
@@ -197,7 +210,7 @@ class Receiver:
         return status
 
     def _store(self, event: evt.Event) -> int:
-        request = event.request
+        request = cast(C_STORE, event.request)
         sop_uid = str(request.AffectedSOPInstanceUID or "")
         listener = getattr(event.assoc, "node_listener", None)
         sop_class = str(request.AffectedSOPClassUID)
@@ -229,7 +242,7 @@ class Receiver:
             return STATUS_CANNOT_UNDERSTAND
         path = self.spool.path_for(header.study_uid, header.series_uid, header.sop_uid)
         try:
-            stored = self.spool.write(path, meta, request.DataSet.getbuffer())
+            stored = self.spool.write(path, meta, cast(BytesIO, request.DataSet).getbuffer())
         except SpoolError as exc:
             log.error("C-STORE %s failed: %s", sop_uid, exc)
             return STATUS_OUT_OF_RESOURCES_DISK
@@ -265,7 +278,7 @@ class Receiver:
 
     # --- running ----------------------------------------------------------------------------------
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),

@@ -39,6 +39,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 
@@ -159,6 +160,7 @@ class Spool:
         target = os.fspath(destination)
         total = PREAMBLE_LENGTH + len(file_meta) + len(dataset)
         part: str | None = None
+        handle: BinaryIO
         try:
             if self.fsync:
                 part = self._take_slot()

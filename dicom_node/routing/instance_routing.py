@@ -17,8 +17,9 @@ that arrived meanwhile (a newer version) stay NULL: it is routed next time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import CursorResult, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db import Database, Instance, Series
@@ -73,6 +74,6 @@ def mark_all_routed(db: Database) -> int:
         if session.scalar(select(Instance.id).where(Instance.routed_version.is_(None)).limit(1)) is None:
             return 0
     with db.write() as session:
-        return session.execute(
+        return cast(CursorResult[Any], session.execute(
             update(Instance).where(Instance.routed_version.is_(None)).values(routed_version=Instance.version)
-        ).rowcount
+        )).rowcount  # an UPDATE's result is a CursorResult

@@ -30,6 +30,8 @@ from dicom_node.defaults import (
 from dicom_node.processes import die_with_parent, setup_logging
 
 if TYPE_CHECKING:
+    from multiprocessing.context import SpawnProcess
+
     from apscheduler.schedulers.base import BaseScheduler
 
 log = logging.getLogger("dicom_node")
@@ -108,7 +110,7 @@ class Node:
         self.config: NodeConfig = load_config(self.config_path)
         self.stop_event = threading.Event()
 
-    def _start_receiver(self) -> multiprocessing.Process:
+    def _start_receiver(self) -> SpawnProcess:
         ctx = multiprocessing.get_context("spawn")
         process = ctx.Process(target=run_receiver, args=(str(self.config_path),), name="receiver", daemon=False)
         process.start()

@@ -144,6 +144,7 @@ def login(db: Database, username: str, password: str, *, hours: float, client: s
         with db.write() as session:
             record_audit(session, "login", username=username[:64], outcome="denied", client=client, details={"reason": "too many failed attempts"})
         return "too many failed logins for this name; try again in 15 minutes"
+    good: bool  # argon2 types verify() as Literal[True]: a mismatch raises
     try:
         good = _hasher.verify(user.password_hash if user is not None else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
