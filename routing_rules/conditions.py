@@ -36,7 +36,8 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 from routing_rules.errors import SpecError
@@ -129,7 +130,7 @@ def _normalise_scalar(value: Any, field: Field, path: tuple[Any, ...]) -> str | 
     kind = field.kind
     if isinstance(value, bool) and field.finding is not None:
         return value  # a model's yes/no finding; compared with the words true/false
-    if isinstance(value, bool) or isinstance(value, (list, dict)):
+    if isinstance(value, (bool, list, dict)):
         raise SpecError(f"{field.key}: expected a text or a number, got {_toml_type(value)}", path)
     if isinstance(value, (dt.date, dt.time)):
         return _normalise_date_value(value, field, path)

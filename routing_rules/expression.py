@@ -38,7 +38,8 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Collection, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 
 from routing_rules.conditions import _date_operand, _summary
 from routing_rules.errors import ExpressionError, SpecError

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 from pydicom.datadict import keyword_dict
 from pydicom.dataset import Dataset
@@ -36,7 +36,7 @@ from routing_rules.fields import ABSENT, Field, Observed, ValueKind, observe, ob
 
 __all__ = ["SeriesHeaders", "StudyHeaders", "HeaderSource", "Findings"]
 
-HeaderSource = Union[Dataset, Mapping[Any, Any]]
+HeaderSource = Dataset | Mapping[Any, Any]
 Findings = Mapping[str, Mapping[str, Any]]
 
 _SERIES_UID_FIELD = Field(

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
@@ -29,7 +30,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-def alembic_config(url: str | None = None) -> "Config":
+def alembic_config(url: str | None = None) -> Config:
     """Alembic's configuration for the node's migrations (and the database at ``url``, if given)."""
     from alembic.config import Config
 

@@ -28,7 +28,7 @@ class Study(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     called_ae: Mapped[str | None] = mapped_column(String(16), nullable=True)
     run_count: Mapped[int] = mapped_column(Integer, default=0)
-    series: Mapped[list["Series"]] = relationship(back_populates="study")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
 
 
 class Series(Base):
@@ -51,7 +51,7 @@ class Series(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     completion_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     study: Mapped[Study] = relationship(back_populates="series")
-    instances: Mapped[list["Instance"]] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
 
 class Association(Base):
@@ -151,7 +151,7 @@ class Delivery(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     possible_duplicates: Mapped[int] = mapped_column(Integer, default=0)
-    items: Mapped[list["DeliveryItem"]] = relationship(back_populates="delivery", order_by="DeliveryItem.id")
+    items: Mapped[list[DeliveryItem]] = relationship(back_populates="delivery", order_by="DeliveryItem.id")
 
 
 class DeliveryItem(Base):

@@ -15,20 +15,21 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, cast
+from typing import cast
 
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time via globals()
 
 from dicom_node.config import Destination, DicomDestination, FolderDestination
+from dicom_node.delivery.store_scu import AssociationError, StoreAssociation
 from dicom_node.receive.file_meta import FileInfo, file_info
 from dicom_node.receive.spool import PREAMBLE_LENGTH, Spool, parse_spool_preamble
-from dicom_node.delivery.store_scu import AssociationError, StoreAssociation
 
 log = logging.getLogger("dicom_node.delivery.send")
 
@@ -161,7 +162,7 @@ def send_dicom(
                 else:
                     on_result(ItemResult(info.path, False, None, f"destination accepted no context for SOP class {info.sop_class.name}", 0.0))
                     continue
-            except socket.timeout:
+            except TimeoutError:
                 raise SendError(f"no C-STORE response from {destination.name} within {destination.timeout_seconds:g} s") from None
             except (OSError, AssociationError) as exc:
                 raise SendError(f"association with {where} ended mid-batch: {exc}") from None

@@ -25,8 +25,9 @@ from __future__ import annotations
 import mmap
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, cast
+from typing import cast
 
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
@@ -144,7 +145,7 @@ class StoreAssociation:
     def open(
         cls, host: str, port: int, *, calling_ae: str, called_ae: str,
         contexts: Iterable[PresentationContext], timeout: float, max_send_pdu: int = 0,
-    ) -> "StoreAssociation":
+    ) -> StoreAssociation:
         """Connect and negotiate; raises :class:`AssociationError` (rejection, abort) or ``OSError`` (no connection).
 
         ``max_send_pdu`` caps the PDUs sent below what the peer accepts (0: no cap).
@@ -276,7 +277,7 @@ class StoreAssociation:
         self._open = False
         self._sock.close()
 
-    def __enter__(self) -> "StoreAssociation":
+    def __enter__(self) -> StoreAssociation:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

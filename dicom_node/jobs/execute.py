@@ -20,10 +20,10 @@ from typing import Any
 import pydicom
 from sqlalchemy import select
 
+from dicom_node.clock import utcnow
 from dicom_node.config import NodeConfig
 from dicom_node.db import Database, Instance, Job, Series, Study
 from dicom_node.db.states import JobState
-from dicom_node.clock import utcnow
 from dicom_node.delivery.queue import enqueue
 
 log = logging.getLogger("dicom_node.jobs.execute")
@@ -95,7 +95,6 @@ def _sources(session, job: Job) -> list[Instance]:  # type: ignore[no-untyped-de
 def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) -> JobState:
     """Run one claimed job to a terminal state (or back to pending for a retry)."""
     from ai_models import InputError, get_info
-
     from dicom_node.jobs.outputs import RunContext, build_outputs
     from dicom_node.jobs.results import JobResult, OutputRef, summarize
 

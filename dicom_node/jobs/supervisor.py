@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from multiprocessing.process import BaseProcess
 from datetime import timedelta
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from sqlalchemy import select

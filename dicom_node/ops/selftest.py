@@ -28,19 +28,20 @@ import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from dicom_node.clock import utcnow
 from dicom_node.config import DicomDestination, NodeConfig
 from dicom_node.db import Database, Delivery, Dispatch, Instance, Job, Series
 from dicom_node.db.admin_models import SelfTestRun, record_audit
 from dicom_node.db.states import DeliveryState, JobState, SelfTestState
-from dicom_node.clock import utcnow
 from dicom_node.routing.actions import NODE_ACTIONS
 from routing_rules import RuleSet, parse_rules_text
 from routing_rules.dump import toml_value
@@ -88,8 +89,9 @@ def create_run(
     client: str | None = None, timeout_seconds: float | None = None,
 ) -> int:
     """Validate the choice and register a run; the node picks its rule up at its next reload."""
-    from dicom_node.ops.synthetic import UID_PREFIX
     from pydicom.uid import generate_uid
+
+    from dicom_node.ops.synthetic import UID_PREFIX
 
     rule = ruleset.get(rule_name)
     if rule is None:
@@ -242,10 +244,9 @@ def execute(
     activation_timeout: float = 15.0, timeout_seconds: float | None = None,
 ) -> SelfTestState:
     """Drive a registered run to its end; returns ``passed`` or ``failed``."""
-    from routing_rules.headers import SeriesHeaders
-
     from dicom_node.delivery.send import ItemResult, SendError, send
     from dicom_node.ops.synthetic import chest_ct_series, write_datasets
+    from routing_rules.headers import SeriesHeaders
 
     timeout = timeout_seconds or default_timeout(config)
     with db.session() as session:

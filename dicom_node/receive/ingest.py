@@ -191,7 +191,7 @@ def record_new_instance_fast(
 class CoreFastRecorder:
     """:func:`record_new_instance_fast` in its own serialised transaction, for any database."""
 
-    def __init__(self, db: "Database") -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     def record(self, header: InstanceHeader, **where: Any) -> RecordOutcome | None:
@@ -203,7 +203,7 @@ class CoreFastRecorder:
         """Nothing held between calls."""
 
 
-def fast_recorder(db: "Database") -> "CoreFastRecorder | SQLiteFastRecorder":
+def fast_recorder(db: Database) -> CoreFastRecorder | SQLiteFastRecorder:
     """The receiver's per-object recorder: straight on sqlite3 for SQLite (the default), Core otherwise."""
     return SQLiteFastRecorder(db) if db.is_sqlite else CoreFastRecorder(db)
 
@@ -224,7 +224,7 @@ class SQLiteFastRecorder:
     receiver's lifetime and used under the database's write lock.
     """
 
-    def __init__(self, db: "Database") -> None:
+    def __init__(self, db: Database) -> None:
         if not db.is_sqlite or db.write_lock is None:
             raise ValueError("SQLiteFastRecorder needs an SQLite database")
         self._lock = db.write_lock

@@ -16,9 +16,22 @@ from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-    JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
-    JPEGLSLossless, JPEGLSNearLossless, RLELossless, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K,
+    HTJ2K,
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
 )
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
@@ -26,10 +39,10 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time via globals()
 
-from dicom_node.receive import pynetdicom_patches
 from dicom_node.clock import utcnow
 from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database
+from dicom_node.receive import pynetdicom_patches
 from dicom_node.receive.file_meta import received_file_meta
 from dicom_node.receive.identifiers import Identifiers, read_identifiers
 from dicom_node.receive.ingest import InstanceHeader, fast_recorder, record_instance
@@ -291,7 +304,7 @@ class Receiver:
 
     def start(self, block: bool = True) -> Any:
         pynetdicom_patches.install()
-        log.info("listening on %s:%d as %s", self.config.bind, self.config.port, ", ".join(l.ae_title for l in self.config.listeners))
+        log.info("listening on %s:%d as %s", self.config.bind, self.config.port, ", ".join(listener.ae_title for listener in self.config.listeners))
         self._server = self.ae.start_server((self.config.bind, self.config.port), block=block, evt_handlers=self.handlers())
         return self._server
 

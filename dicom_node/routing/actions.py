@@ -33,6 +33,7 @@ from dicom_node.delivery.queue import enqueue
 from routing_rules.actions import ActionContext, ActionRegistry, builtin_registry
 from routing_rules.errors import ActionError
 
+
 @dataclass(frozen=True)
 class Target:
     """What an action applies to: a series or a whole study in one run, or objects of a series just stored.

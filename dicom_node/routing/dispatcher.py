@@ -14,22 +14,23 @@ Action types are pluggable: ``forward`` is built in; the model runtime adds
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.jobs.results import JobResult
-from dicom_node.routing.actions import ACTION_HANDLERS, ActionHandler, Target
-from dicom_node.routing.completion import due_studies, mark_complete_series
+from dicom_node.clock import utcnow
 from dicom_node.config import NodeConfig
 from dicom_node.db import Database, Dispatch, Instance, Series, Study
 from dicom_node.db.states import JobState, SeriesState, StudyState
-from dicom_node.clock import utcnow
-from dicom_node.routing.header_readahead import HeaderReadahead, read_header
 from dicom_node.defaults import INSTANCE_PASS_LIMIT
+from dicom_node.jobs.results import JobResult
+from dicom_node.routing.actions import ACTION_HANDLERS, ActionHandler, Target
+from dicom_node.routing.completion import due_studies, mark_complete_series
+from dicom_node.routing.header_readahead import HeaderReadahead, read_header
 from dicom_node.routing.instance_routing import Unrouted, mark_all_routed, mark_routed, unrouted
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class Dispatcher:
             waiting = unrouted(session)
         if not waiting:
             return False
-        fired: dict[tuple[int, str], tuple["RuleMatch", list[Unrouted]]] = {}
+        fired: dict[tuple[int, str], tuple[RuleMatch, list[Unrouted]]] = {}
         for obj in waiting:
             header = read_header(obj.path)
             if header is None:
@@ -158,7 +159,7 @@ class Dispatcher:
             matches = ruleset.evaluate(view, level=target.level, phase="findings", triggered_by=triggered_by)
         return [self._act(session, target, match, now) for match in matches]
 
-    def _act(self, session: Session, target: Target, match: "RuleMatch", now: datetime, note: str | None = None) -> str:
+    def _act(self, session: Session, target: Target, match: RuleMatch, now: datetime, note: str | None = None) -> str:
         """Run a fired rule's actions on ``target`` and record the dispatch (audit trail); returns a summary."""
         outcomes = []
         for action in match.actions:

@@ -24,9 +24,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from dicom_node.clock import utcnow
 from dicom_node.db import Database
 from dicom_node.db.admin_models import RuleVersion, record_audit
-from dicom_node.clock import utcnow
 from dicom_node.routing.actions import NODE_ACTIONS
 from dicom_node.routing.rule_sources import latest_version, latest_versions
 from routing_rules import RuleError, RuleSet, dump_rules, load_rules, parse_rules_text, rule_files

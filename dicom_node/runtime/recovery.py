@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import pydicom
 from sqlalchemy import select
 
+from dicom_node.clock import utcnow
 from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database, Instance
-from dicom_node.clock import utcnow
 from dicom_node.delivery.queue import recover as recover_deliveries
 from dicom_node.jobs.queue import recover as recover_jobs
 from dicom_node.receive.ingest import InstanceHeader, record_instance

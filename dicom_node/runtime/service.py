@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,7 +88,7 @@ class _CoalescedSweepFilter(logging.Filter):
         return not ("skipped: maximum number of running instances" in message and "sweep" in message)
 
 
-def _pull_forward(scheduler: "BaseScheduler", job_id: str, when: datetime) -> None:
+def _pull_forward(scheduler: BaseScheduler, job_id: str, when: datetime) -> None:
     """Run a job at ``when`` (naive UTC) when that is before its next regular run.
 
     A series' quiet period rarely ends on a sweep tick; running the sweep
@@ -97,7 +97,7 @@ def _pull_forward(scheduler: "BaseScheduler", job_id: str, when: datetime) -> No
     job = scheduler.get_job(job_id)
     # Not earlier than just after the running sweep (the caller) has returned: a run due while it
     # still runs would be skipped, not delayed.
-    at = max(when.replace(tzinfo=timezone.utc), datetime.now(timezone.utc) + timedelta(milliseconds=20))
+    at = max(when.replace(tzinfo=UTC), datetime.now(UTC) + timedelta(milliseconds=20))
     if job is not None and job.next_run_time is not None and at < job.next_run_time:
         job.modify(next_run_time=at)
 
@@ -117,16 +117,16 @@ class Node:
         return process
 
     def run(self) -> int:
-        from ai_models.registry import CatalogChild
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        from ai_models.registry import CatalogChild
         from dicom_node.db import Database
         from dicom_node.delivery.workers import DeliveryWorkers
-        from dicom_node.routing.dispatcher import Dispatcher
         from dicom_node.jobs.supervisor import JobSupervisor
-        from dicom_node.runtime.recovery import recover
-        from dicom_node.routing.rule_sources import open_rule_source  # web admin hook: folder or database rules
         from dicom_node.receive.spool import Spool
+        from dicom_node.routing.dispatcher import Dispatcher
+        from dicom_node.routing.rule_sources import open_rule_source  # web admin hook: folder or database rules
+        from dicom_node.runtime.recovery import recover
 
         config = self.config
         setup_logging(config.log_level)
@@ -168,7 +168,7 @@ class Node:
         scheduler.start()
         from dicom_node.web.server import start_web  # web admin hook: admin app in a thread ([web])
         web = start_web(config, db, rules)
-        log.info("ready: %s listening on %s:%d", ", ".join(l.ae_title for l in config.listeners), config.bind, config.port)
+        log.info("ready: %s listening on %s:%d", ", ".join(listener.ae_title for listener in config.listeners), config.bind, config.port)
         try:
             while not self.stop_event.wait(RECEIVER_CHECK_SECONDS):
                 if not receiver.is_alive():

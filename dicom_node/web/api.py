@@ -16,8 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from dicom_node import __version__
-from dicom_node.ops import admin_actions, queries, selftest
-from dicom_node.ops import dryrun
+from dicom_node.ops import admin_actions, dryrun, queries, selftest
 from dicom_node.routing import rule_editing, rule_sources
 from dicom_node.web import auth
 from dicom_node.web.deps import admin, client_of, context, editor_write, viewer

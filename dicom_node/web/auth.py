@@ -26,9 +26,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 
+from dicom_node.clock import utcnow
 from dicom_node.db import Database
 from dicom_node.db.admin_models import ROLES, AuditEntry, User, WebSession, record_audit
-from dicom_node.clock import utcnow
 
 RANK = {role: rank for rank, role in enumerate(ROLES)}
 MIN_PASSWORD = 8

@@ -14,9 +14,10 @@ Access rules, in one place:
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates

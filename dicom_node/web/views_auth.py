@@ -13,7 +13,16 @@ from dicom_node.db.admin_models import ROLES, User
 from dicom_node.ops import queries
 from dicom_node.web import auth
 from dicom_node.web.deps import (
-    LOGIN_COOKIE, SESSION_COOKIE, admin, admin_write, client_of, context, optional_user, render, viewer, viewer_write,
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    admin,
+    admin_write,
+    client_of,
+    context,
+    optional_user,
+    render,
+    viewer,
+    viewer_write,
 )
 
 router = APIRouter()

@@ -15,9 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.responses import Response
 
+from dicom_node.ops import dryrun, queries
 from dicom_node.routing import rule_editing, rule_sources
-from dicom_node.ops import queries
-from dicom_node.ops import dryrun
 from dicom_node.web import auth
 from dicom_node.web.deps import WebContext, client_of, context, editor_write, render, viewer
 from routing_rules import RuleError, dump_rules
