@@ -63,7 +63,7 @@ class Orthanc:
     http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
 
-    def start(self, modalities: dict | None = None) -> "Orthanc":
+    def start(self, modalities: dict | None = None) -> Orthanc:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "test-orthanc", "StorageDirectory": str(self.workdir / "storage"), "IndexDirectory": str(self.workdir / "index"),
@@ -116,7 +116,7 @@ class StoreSCP:
     unique_names: bool = False  # +uf: a new file per object received, so duplicates can be counted
     proc: subprocess.Popen | None = None
 
-    def start(self) -> "StoreSCP":
+    def start(self) -> StoreSCP:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.log = open(self.folder.parent / f"storescp-{self.port}.log", "wb")
         self.proc = subprocess.Popen(
@@ -214,7 +214,7 @@ poll_seconds = 0.1
             capture_output=True, text=True, timeout=timeout, cwd=self.workdir,
         )
 
-    def start(self) -> "NodeProcess":
+    def start(self) -> NodeProcess:
         if not self.config_path.exists():
             self.write_config()
         self.log_path = self.workdir / f"node-{int(time.time() * 1000)}.log"

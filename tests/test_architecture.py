@@ -133,9 +133,9 @@ def stage_of(module: str) -> int | None:
     best: tuple[int, int] | None = None  # (prefix length, stage)
     for stage, prefixes in enumerate(STAGES):
         for prefix in prefixes:
-            if module == prefix or (prefix != "dicom_node" and module.startswith(prefix + ".")):
-                if best is None or len(prefix) > best[0]:
-                    best = (len(prefix), stage)
+            inside = module == prefix or (prefix != "dicom_node" and module.startswith(prefix + "."))
+            if inside and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), stage)
     return None if best is None else best[1]
 
 

@@ -149,14 +149,14 @@ BUILDERS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _weights_dir() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="unet3d_ref_"))
     atexit.register(shutil.rmtree, folder, True)
     return folder
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(kind: str) -> tuple[tf_keras.Model, Path]:
     """A randomised reference network of ``kind`` and its legacy HDF5 weight file, built once per process.
 

@@ -8,9 +8,9 @@ resampling), their mask must land on ``Phantom.truth_for(uids)``.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset

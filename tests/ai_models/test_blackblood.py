@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from phantoms3d import Ellipsoid, dice, make_series
 from torch import nn
 
 from ai_models import InputError, get_info, load_model
 from ai_models.brain.blackblood import BlackbloodSegmentation
 from ai_models.volume import read_volume
-from phantoms3d import Ellipsoid, dice, make_series
 
 
 class BelowThreshold(nn.Module):

@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from test_radiograph import make_radiograph
 
 from ai_models.catalog import describe_models
 from ai_models.cli import EXIT_INPUT, EXIT_OK, EXIT_USAGE, EXIT_WEIGHTS, main
-from test_radiograph import make_radiograph
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from phantoms3d import abdomen_ct, dice
 from torch import nn
 
 from ai_models import Segmentation, WeightError, get_info, load_model
@@ -18,7 +19,6 @@ from ai_models.abdomen.kidney import (
 )
 from ai_models.base import select_device
 from ai_models.volume import read_volume
-from phantoms3d import abdomen_ct, dice
 
 
 def _unit(hu: float) -> float:

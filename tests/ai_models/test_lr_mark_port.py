@@ -176,7 +176,7 @@ def test_raw_outputs_match_keras_reference(reference):
         t_reg, t_cls = _torch_raw(detector, np.ascontiguousarray(image.transpose(0, 3, 1, 2)))
         assert t_reg.shape == k_reg.shape == (len(generate_anchors(size)), 4)
         # the comparison is not between near-zero or saturated tensors
-        assert np.abs(k_reg).max() > 0.1 and 0.05 < k_cls.std()
+        assert np.abs(k_reg).max() > 0.1 and k_cls.std() > 0.05
         assert np.abs(t_reg - k_reg).max() < 1e-4
         assert np.abs(t_cls - k_cls).max() < 1e-4
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ai_models.errors import WeightError
-from ai_models.nets.unet3d import INUNet3D, InstanceNorm, SEResUNet3D
+from ai_models.nets.unet3d import InstanceNorm, INUNet3D, SEResUNet3D
 from ai_models.weights.keras_h5 import read_keras_h5
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -45,7 +45,7 @@ APPENDIX_A4_TAIL = """
 def appendix_shapes(text: str) -> list[list[tuple[int, ...]]]:
     """Keras variable shapes per weight layer from the appendix notation."""
     layers = []
-    for index, kind, a, b, rest in re.findall(r"(\d+):(C3|C1|T2|D|IN)\(?(\d+)(?:→(\d+))?([^\s|]*)", text):
+    for index, kind, a, b, _rest in re.findall(r"(\d+):(C3|C1|T2|D|IN)\(?(\d+)(?:→(\d+))?([^\s|]*)", text):
         assert int(index) == len(layers), f"appendix entry {index} out of order"
         a = int(a)
         if kind == "IN":

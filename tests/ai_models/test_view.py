@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_radiograph import make_radiograph
 
 from ai_models.chest.view import LABELS, header_agreement, header_view, preprocess
 from ai_models.errors import InputError
 from ai_models.registry import get_info, load_model
-from test_radiograph import make_radiograph
 
 
 def test_registration_describes_the_header_fix():

@@ -6,10 +6,10 @@ from itertools import permutations, product
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from phantoms3d import Ellipsoid, make_series
 
 from ai_models.errors import InputError
 from ai_models.volume import AxisMap, read_volume
-from phantoms3d import Ellipsoid, make_series
 
 BLOB = Ellipsoid((6.0, -4.0, 3.0), (9.0, 6.0, 7.0), 300.0, 1)
 

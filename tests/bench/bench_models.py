@@ -54,14 +54,15 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
-import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

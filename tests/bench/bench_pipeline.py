@@ -65,7 +65,7 @@ def measure(node: NodeProcess, series_uid: str) -> list[dict]:
     with sqlite3.connect(node.workdir / "node.db") as conn:
         completed = conn.execute("select completed_at, id from series where series_instance_uid = ?", (series_uid,)).fetchone()
         rows = []
-        for job_id, action, timings, started, finished in conn.execute(
+        for job_id, action, timings, started, _finished in conn.execute(
             "select id, action, timings, started_at, finished_at from jobs where series_id = ?", (completed[1],)
         ).fetchall():
             d = conn.execute("select min(created_at), max(finished_at), count(*) from deliveries where job_id = ?", (job_id,)).fetchone()

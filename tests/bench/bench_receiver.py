@@ -65,9 +65,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script from anywhere
@@ -294,7 +294,7 @@ class Receiver(abc.ABC):
     aet: str = ""
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
-    destination: "DcmtkStoreSCP | None" = None  # where it forwards to (the node only)
+    destination: DcmtkStoreSCP | None = None  # where it forwards to (the node only)
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -661,7 +661,7 @@ def machine_info() -> dict:
     import pydicom
     import pynetdicom
 
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
     mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
     return {
         "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "kernel": platform.release(),

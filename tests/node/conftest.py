@@ -1,8 +1,8 @@
 """Fixtures that run the real node against real peers."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

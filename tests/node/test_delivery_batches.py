@@ -6,13 +6,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
-from pydicom.uid import ExplicitVRLittleEndian
 
+from dicom_node.clock import utcnow
 from dicom_node.config import load_config
 from dicom_node.db import Database, Delivery
-from dicom_node.clock import utcnow
 from dicom_node.delivery.queue import claim_next, enqueue
 from dicom_node.delivery.workers import run_deliveries
 from dicom_node.ops.synthetic import chest_ct_series, write_datasets

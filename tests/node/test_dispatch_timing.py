@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dicom_node.routing.completion import mark_complete_series
 from dicom_node.config import load_config
 from dicom_node.db import Database
 from dicom_node.db.models import Association, Series
-from dicom_node.routing.header_readahead import HeaderReadahead
-from dicom_node.receive.ingest import InstanceHeader, record_instance
-from dicom_node.runtime.service import _CoalescedSweepFilter, _pull_forward
 from dicom_node.ops.synthetic import chest_ct_series, write_datasets
+from dicom_node.receive.ingest import InstanceHeader, record_instance
+from dicom_node.routing.completion import mark_complete_series
+from dicom_node.routing.header_readahead import HeaderReadahead
+from dicom_node.runtime.service import _CoalescedSweepFilter, _pull_forward
 
 T0 = datetime(2026, 12, 3, 12, 0, 0)
 
@@ -73,16 +73,16 @@ def test_pull_forward_moves_the_sweep_earlier_never_later() -> None:
     scheduler.start(paused=True)
     try:
         regular = scheduler.get_job("sweep").next_run_time
-        later = (regular + timedelta(seconds=5)).astimezone(timezone.utc).replace(tzinfo=None)
+        later = (regular + timedelta(seconds=5)).astimezone(UTC).replace(tzinfo=None)
         _pull_forward(scheduler, "sweep", later)
         assert scheduler.get_job("sweep").next_run_time == regular
-        sooner = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(seconds=2)
+        sooner = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=2)
         _pull_forward(scheduler, "sweep", sooner)
-        assert scheduler.get_job("sweep").next_run_time == sooner.replace(tzinfo=timezone.utc)
-        overdue = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=1)
+        assert scheduler.get_job("sweep").next_run_time == sooner.replace(tzinfo=UTC)
+        overdue = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=1)
         _pull_forward(scheduler, "sweep", overdue)  # due already: just after the caller returns, never in the past
         pulled = scheduler.get_job("sweep").next_run_time
-        assert datetime.now(timezone.utc) < pulled < datetime.now(timezone.utc) + timedelta(seconds=1)
+        assert datetime.now(UTC) < pulled < datetime.now(UTC) + timedelta(seconds=1)
         _pull_forward(scheduler, "missing", sooner)  # an unknown job is left alone
     finally:
         scheduler.shutdown(wait=False)

@@ -13,9 +13,8 @@ from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
 from pynetdicom.dsutils import encode
 
-from dicom_node.receive.identifiers import read_identifiers
 from dicom_node.receive.file_meta import file_info
-
+from dicom_node.receive.identifiers import read_identifiers
 
 BUNDLED_FILES = Path(pydicom.data.__file__).parent / "test_files"  # in the wheel: no download attempts
 

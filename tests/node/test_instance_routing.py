@@ -20,9 +20,9 @@ from sqlalchemy import select
 
 from dicom_node.config import load_config
 from dicom_node.db import Database, Delivery, DeliveryItem, Dispatch, Instance, Series
-from dicom_node.routing.dispatcher import Dispatcher
-from dicom_node.receive.ingest import InstanceHeader, record_instance
 from dicom_node.ops.synthetic import chest_ct_series, chest_dx, write_datasets
+from dicom_node.receive.ingest import InstanceHeader, record_instance
+from dicom_node.routing.dispatcher import Dispatcher
 from routing_rules import RuleSet, parse_rules_text
 from tests.peers import have, node_db_rows, storescu, wait_for
 

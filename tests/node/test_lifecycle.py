@@ -77,7 +77,7 @@ def test_late_instances_follow_the_policy(make_node, scp, tmp_path, policy) -> N
     wait_for(lambda: len(scp.files()) == 3)
     wait_for(lambda: node_db_rows(node, "select state from deliveries") == [("delivered",)])
     assert storescu(node.port, late).returncode == 0
-    assert node_db_rows(node, "select late from instances where sop_instance_uid = '%s'" % series[3].SOPInstanceUID) == [(1,)]
+    assert node_db_rows(node, f"select late from instances where sop_instance_uid = '{series[3].SOPInstanceUID}'") == [(1,)]
     if policy == "rerun":
         wait_for(lambda: len(scp.files()) == 4)
         assert node_db_rows(node, "select run_count, late_count, state from series") == [(2, 1, "dispatched")]

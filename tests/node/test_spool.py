@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset
 from pynetdicom.dsutils import encode_file_meta
 
 from dicom_node.defaults import SPOOL_SLOT_BATCH
-from dicom_node.receive.spool import Spool, SpoolError, read_spool_preamble, safe_component
 from dicom_node.ops.synthetic import chest_ct_series
+from dicom_node.receive.spool import Spool, SpoolError, read_spool_preamble, safe_component
 
 
 def test_written_file_is_valid_part10_with_dataset_bytes_unchanged(tmp_path: Path) -> None:

@@ -19,16 +19,16 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 from pynetdicom import AE, build_context, evt
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
 from dicom_node.config import DicomDestination
 from dicom_node.delivery.send import ItemResult, SendError, send_dicom
-from dicom_node.receive.file_meta import file_info
 from dicom_node.delivery.store_scu import StoreAssociation, parse_command, store_request_command
 from dicom_node.ops.synthetic import chest_ct_series, write_datasets
+from dicom_node.receive.file_meta import file_info
 from tests.node.test_forwarding import dataset_bytes
 from tests.peers import StoreSCP, free_port
 

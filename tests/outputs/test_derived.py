@@ -11,8 +11,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from ai_models.results import Box, Classification, Detection
-from dicom_node.outputs.derived import build_erased_images, build_header_fix_copy
 from dicom_node.ops.synthetic import chest_ct_series, chest_dx
+from dicom_node.outputs.derived import build_erased_images, build_header_fix_copy
 from tests.outputs.dicom_checks import UID_ROOT, dciodvfy, foreign_uids
 
 PIXEL_ATTRIBUTES = ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",

@@ -8,8 +8,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from ai_models.results import Box, Classification, Detection, Segmentation
-from dicom_node.outputs import build_erased_images, build_header_fix_copy, build_seg, build_sr
 from dicom_node.ops.synthetic import chest_ct_series, chest_dx
+from dicom_node.outputs import build_erased_images, build_header_fix_copy, build_seg, build_sr
 from tests.outputs.dicom_checks import UID_ROOT, l_shaped_mask
 
 pytestmark = pytest.mark.peers

@@ -13,8 +13,8 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from ai_models.results import Segmentation
-from dicom_node.outputs.seg import SEGMENT_CODES, build_seg, segment_codes
 from dicom_node.ops.synthetic import chest_ct_series, chest_dx
+from dicom_node.outputs.seg import SEGMENT_CODES, build_seg, segment_codes
 from tests.outputs.dicom_checks import UID_ROOT, dciodvfy, foreign_uids, l_shaped_mask
 
 N_SLICES, SIZE = 10, 64

@@ -10,10 +10,10 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from ai_models.results import Box, Classification, Detection, Segmentation, SliceEvidence
+from dicom_node.ops.synthetic import chest_ct_series, chest_dx
 from dicom_node.outputs.common import HEADER_AGREEMENT, HEADER_VALUE
 from dicom_node.outputs.seg import build_seg
 from dicom_node.outputs.sr import build_classification_sr, build_sr
-from dicom_node.ops.synthetic import chest_ct_series, chest_dx
 from tests.outputs.dicom_checks import UID_ROOT, dciodvfy, foreign_uids, l_shaped_mask
 
 N_SLICES, SIZE = 10, 64

@@ -196,7 +196,6 @@ def test_raw_and_malformed_dataset_elements() -> None:
     """Values as read from files (raw bytes, invalid DS, private UN) never break evaluation."""
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
-
     from rules_helpers import ruleset
 
     ds = dataset(Modality="CT")

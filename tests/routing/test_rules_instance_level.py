@@ -6,7 +6,6 @@ import pytest
 
 from routing_rules import SeriesHeaders, parse_rules_text
 from routing_rules.actions import builtin_registry
-
 from tests.routing.rules_helpers import DESTINATIONS, rule_text
 
 MODELS = {"enhancement-hu"}

@@ -14,8 +14,8 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from ai_models.results import Box, Detection, Segmentation
-from dicom_node.outputs import build_seg, build_sr
 from dicom_node.ops.synthetic import chest_ct_series, chest_dx, write_datasets
+from dicom_node.outputs import build_seg, build_sr
 
 UID_ROOT = "2.25"  # UUID-derived UIDs: nothing to register for synthetic test objects
 CT_SLICES, CT_SIZE = 12, 128

@@ -65,7 +65,7 @@ class OhifServer:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "OhifServer":
+    def start(self) -> OhifServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = write_app_config(self.workdir / "app-config.js")
         self.log_path = self.workdir / "ohif-server.log"

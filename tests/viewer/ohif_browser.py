@@ -125,7 +125,7 @@ class ViewerPage:
     console_errors: list[str] = field(default_factory=list)
 
     @classmethod
-    def open(cls, browser: Browser, base: str) -> "ViewerPage":
+    def open(cls, browser: Browser, base: str) -> ViewerPage:
         # Service workers would fetch behind the router's back; OHIF runs without them.
         context = browser.new_context(viewport=VIEWPORT, service_workers="block")
         viewer = cls(page=context.new_page(), base=base)

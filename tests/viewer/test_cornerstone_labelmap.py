@@ -15,7 +15,12 @@ import pytest
 from pydicom.dataset import Dataset
 
 from tests.viewer.cases import (
-    F_SLICES, TUMOUR_SLICES, ViewerCase, ct_case, dx_case, shift_references,
+    F_SLICES,
+    TUMOUR_SLICES,
+    ViewerCase,
+    ct_case,
+    dx_case,
+    shift_references,
 )
 from tests.viewer.labelmap_check import mismatches, node_missing_reason, run_seg_check
 

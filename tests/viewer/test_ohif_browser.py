@@ -16,12 +16,21 @@ import numpy as np
 import pytest
 
 from tests.viewer.cases import (
-    TUMOUR_SLICES, ViewerCase, ct_case, dx_case, dx_marker_sr, shift_references,
+    TUMOUR_SLICES,
+    ViewerCase,
+    ct_case,
+    dx_case,
+    dx_marker_sr,
+    shift_references,
 )
 from tests.viewer.labelmap_check import mismatches
 from tests.viewer.ohif_app import OhifServer, dist_missing_reason
 from tests.viewer.ohif_browser import (
-    CHROMIUM, CHROMIUM_ARGS, ViewerPage, browser_missing_reason, labelmaps_by_uid,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ViewerPage,
+    browser_missing_reason,
+    labelmaps_by_uid,
 )
 
 if TYPE_CHECKING:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.routing import rule_editing, rule_sources
 from dicom_node.db import Database
 from dicom_node.ops.metrics import render_metrics
+from dicom_node.routing import rule_editing, rule_sources
 from tests.node.test_postgres import postgres_url  # noqa: F401 - the throwaway-cluster fixture
 from tests.web.conftest import PASSWORD
 

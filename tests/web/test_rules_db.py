@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from dicom_node.routing import rule_editing, rule_sources
 from dicom_node.db import Database
 from dicom_node.db.admin_models import AuditEntry
+from dicom_node.routing import rule_editing, rule_sources
 from routing_rules import load_rules
 
 DESTS = {"pacs", "archive"}

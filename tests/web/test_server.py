@@ -49,7 +49,7 @@ def test_tls_when_cert_and_key_are_set(tmp_path: Path) -> None:
             assert response.status == 200
             cookies = response.headers.get_all("set-cookie")
         assert any(c.startswith("dn_login_csrf=") and "Secure" in c and "HttpOnly" in c for c in cookies)
-        with pytest.raises(Exception):  # plain HTTP is not served on the TLS port
+        with pytest.raises(OSError):  # plain HTTP is not served on the TLS port (urllib: URLError or a reset)
             urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=10)
     finally:
         server.stop()
