@@ -172,6 +172,9 @@ class NodeSettings(_Table):
     max_associations: PositiveInt = 64
     network_timeout_seconds: Positive = 120.0
     dimse_timeout_seconds: Positive = 120.0
+    artim_seconds: Positive = 30.0
+    max_pending_connections: PositiveInt = 256
+    max_pending_per_host: PositiveInt = 32
 
 
 class CompletionSettings(_Table):
@@ -329,6 +332,7 @@ class WebSettings(_Table):
     port: Port = 8080
     session_hours: Positive = 8.0
     secure_cookies: bool = False
+    max_concurrent_password_checks: PositiveInt = 2  # argon2id needs 64 MiB per check (docs/security.md)
     tls_cert: ExistingFile | None = None
     tls_key: ExistingFile | None = None
 

@@ -63,3 +63,40 @@ RECEIVER_CHECK_SECONDS = 0.5
 
 RECEIVER_STOP_SECONDS = 15.0
 """How long a stopping receiver may take (it finishes the object in flight) before it is killed."""
+
+# --- web ---------------------------------------------------------------------------------------------
+
+LOGIN_FAILURES_PER_ADDRESS = 10
+"""Failed logins for one name from one client address within the window after which that address is
+refused for that name until the window has passed: ten is more than a person mistypes, and a guesser
+from that address gets ten tries per window.  Another address (the owner's) is not affected."""
+
+LOGIN_FAILURES_PER_NAME = 100
+"""Failed logins for one name from all addresses within the window after which addresses that never
+logged in as that name (within LOGIN_KNOWN_ADDRESS_DAYS) are refused for it: caps a guesser spread over
+many addresses, while the owner's usual address still gets in."""
+
+LOGIN_WINDOW_SECONDS = 15 * 60
+"""How far back failed logins are counted: a lock ends at the latest this long after the failures."""
+
+LOGIN_KNOWN_ADDRESS_DAYS = 30
+"""A client address with a successful login for a name within this many days is that name's usual
+address: the name-wide limit does not apply to it (the per-address one does)."""
+
+PASSWORD_CHECK_QUEUE = 8
+"""Logins that may wait for a free password-check slot; one more is answered 429 at once.  Waiting
+requests hold web threads (40 in all), so the queue stays well below that and other pages stay served."""
+
+PASSWORD_CHECK_WAIT_SECONDS = 20.0
+"""How long a login waits for a password-check slot before it is answered 429: at ~0.1-1 s per check
+and a queue of 8, a fair wait always fits."""
+
+STRUCTURE_MAX_DEPTH = 64
+"""Deepest nesting of sequences and items (counted together) the structural walk of a received
+dataset accepts: real objects nest under ten levels (RT structure sets are among the deepest);
+a hostile one nested thousands deep would otherwise reach readers that recurse per level."""
+
+MAX_CONTROL_PDU_BYTES = 64 << 10
+"""Largest A-ASSOCIATE-RQ (and any PDU other than P-DATA-TF) the receiver reads: a request with the
+128 presentation contexts DICOM allows and a few transfer syntaxes each is about 20 KiB, so a
+length field above this is an attack or garbage, and is refused before any of it is buffered."""

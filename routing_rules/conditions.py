@@ -6,7 +6,7 @@ one or more operator tests that must all hold for an instance.  The forms:
 * ``Modality = "CT"``  -> equals
 * ``BodyPartExamined = ["CHEST", "THORAX"]`` -> one of
 * ``SliceThickness = { lt = 2.5 }`` / ``{ gt = 0.5, lt = 2.5 }`` / ``{ between = [1, 3] }``
-* ``SeriesDescription = { glob = "*LUNG*" }``, ``{ regex = "T1|T2" }``
+* ``SeriesDescription = { glob = "*LUNG*" }``, ``{ regex = "T1|T2" }`` (run by RE2: :mod:`routing_rules.patterns`)
 * ``ContrastBolusAgent = { present = true }`` (``present = false`` / ``absent = true``)
 * ``ImageType = { ne = "LOCALIZER" }``, ``{ not_in = [...] }``, ``{ not_glob = ... }``, ``{ not_regex = ... }``
 
@@ -40,8 +40,10 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
-from routing_rules.errors import SpecError
+from routing_rules.errors import Quoted, SpecError
 from routing_rules.fields import Field, Observed, ValueKind, check_finding_model, resolve_field
+from routing_rules.patterns import MAX_MATCH_CHARS, PatternError, compile_pattern
+from routing_rules.phi import is_phi
 
 __all__ = ["Condition", "Check", "parse_condition", "OPERATORS", "OPTIONS"]
 
@@ -69,6 +71,11 @@ Predicate = Callable[[Any], bool]
 
 def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
+
+
+def _capped(value: Any) -> str:
+    """The text a pattern is matched on: at most MAX_MATCH_CHARS characters, so a huge value costs no more than a short one."""
+    return _as_text(value)[:MAX_MATCH_CHARS]
 
 
 def _as_number(value: Any, kind: ValueKind) -> float | None:
@@ -264,18 +271,20 @@ def _build_test(op: str, value: Any, field: Field, case_sensitive: bool, path: t
     if base == "glob":
         pats = _patterns(value, field, op, path)
         if case_sensitive:
-            pred = lambda v: any(fnmatch.fnmatchcase(_as_text(v), p) for p in pats)  # noqa: E731
+            pred = lambda v: any(fnmatch.fnmatchcase(_capped(v), p) for p in pats)  # noqa: E731
         else:
             folded = [p.casefold() for p in pats]
-            pred = lambda v: any(fnmatch.fnmatchcase(_as_text(v).casefold(), p) for p in folded)  # noqa: E731
+            pred = lambda v: any(fnmatch.fnmatchcase(_capped(v).casefold(), p) for p in folded)  # noqa: E731
         return Check(op, value, f"{prefix}to match {_show(value)}", pred)
     if base == "regex":
         pats = _patterns(value, field, op, path)
-        try:
-            compiled = [re.compile(p, 0 if case_sensitive else re.IGNORECASE) for p in pats]
-        except re.error as exc:
-            raise SpecError(f"{field.key}: bad regular expression: {exc}", path) from None
-        return Check(op, value, f"{prefix}to match regex {_show(value)}", lambda v: any(c.search(_as_text(v)) for c in compiled))
+        compiled = []
+        for pattern in pats:
+            try:
+                compiled.append(compile_pattern(pattern, case_sensitive))
+            except PatternError as exc:
+                raise SpecError(f"{field.key}: bad regular expression {pattern!r}: {exc}", path + (Quoted(pattern),)) from None
+        return Check(op, value, f"{prefix}to match regex {_show(value)}", lambda v: any(found(_as_text(v)) for found in compiled))
     if op in _COMPARISONS:
         written, key = _order_operand(value, field, op, path)
         return Check(op, written, f"{_COMPARISONS[op]} {_show(written)}", _order_predicate(op, key, field.kind))
@@ -373,26 +382,32 @@ class Condition:
         return text
 
     def reason(self, tally: Mapping[Observed, int]) -> str:
-        """Why the condition holds: the values that satisfied it.
+        """Why the condition holds: the values that satisfied it (only the field's name for a PHI field).
 
         Args:
             tally: each distinct observation with its number of instances.
         """
         good = {o: n for o, n in tally.items() if self.instance_holds(o)}
-        text = f"{self.field.key} {_summary(good, self._bare_numbers)} (wanted {self.wanted})"
+        if is_phi(self.field):
+            text = f"{self.field.key} matched"
+        else:
+            text = f"{self.field.key} {_summary(good, self._bare_numbers)} (wanted {self.wanted})"
         n_good, n_all = sum(good.values()), sum(tally.values())
         if n_good < n_all:
             text += f" in {n_good} of {n_all} instances"
         return text
 
     def failure(self, tally: Mapping[Observed, int]) -> str:
-        """Why the condition does not hold, with the actual values."""
+        """Why the condition does not hold, with the actual values (none for a PHI field: :mod:`routing_rules.phi`)."""
+        where = ""
         if self.scope == "all":
             bad = {o: n for o, n in tally.items() if not self.instance_holds(o)}
             n_all = sum(tally.values())
             where = f" in {sum(bad.values())} of {n_all} instances" if n_all > 1 else ""
-            return f"{self.field.key} {_summary(bad, self._bare_numbers)}{where}, wanted {self.wanted}"
-        return f"{self.field.key} {_summary(tally, self._bare_numbers)}, wanted {self.wanted}"
+            tally = bad
+        if is_phi(self.field):
+            return f"{self.field.key} did not match{where}"
+        return f"{self.field.key} {_summary(tally, self._bare_numbers)}{where}, wanted {self.wanted}"
 
     # ---- writing back
 

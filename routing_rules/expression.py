@@ -22,7 +22,9 @@ does not know is refused with :class:`~routing_rules.errors.ExpressionError`:
   :data:`MAX_DEPTH` levels of nesting, lists of at most :data:`MAX_LIST`
   items, texts of at most :data:`~routing_rules.expression_values.MAX_TEXT`
   characters.  Evaluation is bounded by a step budget
-  (:data:`STEPS_PER_ROW`, :data:`STEPS_TOTAL`).
+  (:data:`STEPS_PER_ROW`, :data:`STEPS_TOTAL`);
+* names in plain ASCII (Python would read ``Ｍodality`` as ``Modality``) and
+  no bidirectional control character anywhere, so the text reads as what runs.
 
 Semantics on a series: the expression is evaluated on each instance (each
 distinct combination of the values it reads, to be exact) and holds for the
@@ -67,6 +69,8 @@ from routing_rules.fields import (
     parse_tag,
     resolve_field,
 )
+from routing_rules.phi import is_phi
+from routing_rules.textcheck import bidi_problem, line_and_column
 
 __all__ = [
     "Expression",
@@ -388,23 +392,35 @@ class Expression:
                 matched += n
         return Verdict(matched > 0, matched, count, too_costly)
 
+    @property
+    def _phi_keys(self) -> list[str]:
+        """The PHI fields it reads (:mod:`routing_rules.phi`): then its text, which holds their operands, is not shown."""
+        return [f.key for f in self.fields if is_phi(f)]
+
+    def _shown(self, verb: str) -> str:
+        phi = self._phi_keys
+        if phi:
+            return f"when expression {verb} (text not shown: it tests {', '.join(phi)})"
+        return f'when "{self.source}" {verb}'
+
     def reason(self, verdict: Verdict) -> str:
         """Why it held, for a fired rule's explanation."""
-        text = f'when "{self.source}" holds'
+        text = self._shown("holds")
         if verdict.matched < verdict.total:
             text += f" in {verdict.matched} of {verdict.total} instances"
         return text
 
     def failure(self, rows: Rows, verdict: Verdict) -> str:
-        """Why it did not hold, with the values of the fields concerned."""
-        head = f'when "{self.source}" is false'
+        """Why it did not hold, with the values of the fields concerned (not those of PHI fields)."""
+        head = self._shown("is false")
         if verdict.too_costly:
             head += f" (evaluation gave up on {verdict.too_costly} of {verdict.total} instances: too much work)"
         if len(self._parts) > 1:
             budget = Budget(STEPS_TOTAL)
-            for part in self._parts:
+            for number, part in enumerate(self._parts, start=1):
                 if not any(self._row(row, part.cond, budget) for row in rows):
-                    return f'{head}: "{part.text}" holds for no instance ({self._values_text(part.refs, rows)})'
+                    shown = f"part {number}" if self._phi_keys else f'"{part.text}"'
+                    return f"{head}: {shown} holds for no instance ({self._values_text(part.refs, rows)})"
             every = tuple(range(len(self.fields)))
             return f"{head}: its parts hold only in different instances ({self._values_text(every, rows)})"
         return f"{head} ({self._values_text(tuple(range(len(self.fields))), rows)})"
@@ -418,6 +434,9 @@ class Expression:
             for row, n in rows.items():
                 tally[row[i]] += n
             field = self.fields[i]
+            if is_phi(field):
+                shown.append(f"{field.key} not shown")
+                continue
             shown.append(f"{field.key} {_summary(tally, field.kind in (ValueKind.NUMBER, ValueKind.UNKNOWN))}")
         if len(indexes) > limit:
             shown.append(f"and {len(indexes) - limit} more fields")
@@ -445,6 +464,10 @@ def parse_expression(text: str, known_models: Collection[str] | None = None) -> 
         raise ExpressionError("the expression must be a text")
     if len(text) > MAX_LENGTH:
         raise ExpressionError(f"the expression is longer than {MAX_LENGTH} characters")
+    bidi = bidi_problem(text)
+    if bidi is not None:
+        line, column = line_and_column(text, bidi[0])
+        raise ExpressionError(bidi[1], line, column, multiline=line_and_column(text, len(text))[0] > 1)
     # One logical line: line breaks become spaces (offsets are kept), leading blanks are skipped.
     flat = _LINE_BREAK.sub(lambda m: " " * len(m.group()), text)
     body = flat.lstrip(" \t\f")
@@ -462,20 +485,23 @@ def parse_expression(text: str, known_models: Collection[str] | None = None) -> 
         raise builder.error_at(reason, exc.offset - 1) from None
     except (ValueError, MemoryError, RecursionError) as exc:
         raise ExpressionError(f"cannot be read: {type(exc).__name__}") from None
-    nodes = _count_expressions(tree)
-    if nodes > MAX_NODES:
-        raise ExpressionError(f"the expression is too complex ({nodes} parts, at most {MAX_NODES})")
+    nodes = _expressions(tree)
+    if len(nodes) > MAX_NODES:
+        raise ExpressionError(f"the expression is too complex ({len(nodes)} parts, at most {MAX_NODES})")
+    builder.check_names(nodes)
     return builder.build(tree.body)
 
 
-def _count_expressions(tree: ast.AST) -> int:
-    """Expression nodes in the tree, counted without recursion (and without ``ast.walk``'s lazy import)."""
-    count, stack = 0, [tree]
+def _expressions(tree: ast.AST) -> list[ast.expr]:
+    """Expression nodes of the tree, collected without recursion (and without ``ast.walk``'s lazy import)."""
+    found: list[ast.expr] = []
+    stack = [tree]
     while stack:
         node = stack.pop()
-        count += isinstance(node, ast.expr)
+        if isinstance(node, ast.expr):
+            found.append(node)
         stack.extend(ast.iter_child_nodes(node))
-    return count
+    return found
 
 
 class _Builder:
@@ -515,6 +541,22 @@ class _Builder:
 
     def segment(self, node: ast.AST) -> str:
         return ast.get_source_segment(self.body, node) or ""
+
+    def check_names(self, nodes: Sequence[ast.expr]) -> None:
+        """Refuse names written with other than ASCII letters.
+
+        Python reads names in NFKC form, so ``Ｍodality`` (a fullwidth M) would
+        silently test Modality: the text would not read as what runs.
+        """
+        for node in nodes:
+            if isinstance(node, ast.Name):
+                written = self.segment(node)
+            elif isinstance(node, ast.Attribute):
+                written = self.segment(node).rsplit(".", 1)[-1]
+            else:
+                continue
+            if not written.isascii():
+                raise self.error(f"name {written!r} has non-ASCII characters: write names in plain ASCII letters", node)
 
     # ---- building
 

@@ -3,7 +3,10 @@
 Failure is contained at the smallest unit that can be trusted:
 
 * a file that cannot be read or is not valid TOML contributes no rules and
-  one error (with tomllib's line and column);
+  one error (with tomllib's line and column); so does a file with a
+  bidirectional control character anywhere, or nested deeper than
+  :data:`~routing_rules.textcheck.MAX_NESTING` levels (see
+  :mod:`routing_rules.textcheck`);
 * in a file that parses, each rule is checked on its own: an invalid rule is
   left out with its errors, the valid rules of the same file are kept;
 * a rule whose name is already taken (in an earlier file, or earlier in the
@@ -22,6 +25,7 @@ from routing_rules.errors import RuleError
 from routing_rules.locate import SourceMap, syntax_error_line
 from routing_rules.rules import Rule, parse_rule
 from routing_rules.ruleset import RuleSet
+from routing_rules.textcheck import MAX_NESTING, bidi_problem, document_depth, line_and_column, nesting_problem
 
 __all__ = ["load_rules", "parse_rules_text", "rule_files"]
 
@@ -35,11 +39,20 @@ def _parse_text(
     text: str, file: str, ctx: ActionContext, registry: ActionRegistry
 ) -> tuple[list[Rule], list[RuleError]]:
     """Rules (in file order) and errors of one file's text."""
+    for refused in (bidi_problem(text), nesting_problem(text)):
+        if refused is not None:
+            offset, message = refused
+            at_line, column = line_and_column(text, offset)
+            return [], [RuleError(file, at_line, None, f"{message} (column {column})")]
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line, message = syntax_error_line(str(exc), text)
         return [], [RuleError(file, line, None, message)]
+    except RecursionError:  # the scan above keeps tomllib far from this; kept as the last line of defence
+        return [], [RuleError(file, None, None, f"nested deeper than {MAX_NESTING} levels")]
+    if document_depth(document) > MAX_NESTING:
+        return [], [RuleError(file, None, None, f"nested deeper than {MAX_NESTING} levels (tables and dotted keys)")]
     source = SourceMap(text)
     errors: list[RuleError] = []
     for key in document:

@@ -135,8 +135,9 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
     from dicom_node.db import Database
     from dicom_node.ops.queries import status_report as node_status
 
-    db = Database(config.database_url)
+    db = Database(config.database_url, migrate=False)  # read only: raises SchemaError if not current
     try:
+        db.require_current_schema()
         with db.session() as session:
             return node_status(session, config, utcnow())
     finally:
@@ -144,7 +145,13 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    report = status_report(_config(args))
+    from dicom_node.db.engine import SchemaError
+
+    try:
+        report = status_report(_config(args))
+    except SchemaError as exc:
+        print(f"dicom-node status: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return EXIT_OK
@@ -159,6 +166,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         for w in report["waiting_series"]:
             fires = f", fires at {w['fires_at']}" if w["fires_at"] else ""
             print(f"  {w['series_instance_uid']} {w['modality'] or '?'} {w['instances']} inst: {w['reason']}{fires}")
+    if report["failed_dispatches"]:
+        print("\nfailed series and studies (dicom-node retry / dismiss --series ID or --study ID):")
+        for f in report["failed_dispatches"]:
+            what = f"{f['modality'] or '?'} {f['instances']} inst" if f["level"] == "series" else "study"
+            print(f"  {f['level']} {f['id']} {f['uid']} {what}: {f['reason']}")
     if report["recent_jobs"]:
         print("\nrecent model jobs:")
         for j in report["recent_jobs"]:
@@ -174,16 +186,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _failed_dispatches(db: Any, args: argparse.Namespace, act: Any, done: str) -> int:
+    """Apply ``act`` (retry or dismiss, audited in ops.admin_actions) to each --series and --study; how many were failed."""
+    from dicom_node.cli.admin import _author
+
+    count = 0
+    for level, ids in (("series", args.series or []), ("study", args.study or [])):
+        for row_id in ids:
+            ok = act(db, _author(), None, level, row_id)
+            print(f"{level} {row_id} {done}" if ok else f"{level} {row_id} is not failed: nothing done", file=sys.stdout if ok else sys.stderr)
+            count += ok
+    return count
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
     from dicom_node.db import Database
     from dicom_node.delivery.queue import retry
     from dicom_node.jobs.queue import retry_jobs
+    from dicom_node.ops.admin_actions import retry_dispatch
 
-    if not args.delivery and not args.all_failed and not args.job:
-        print("say which: --delivery ID, --job ID (both repeatable) or --all-failed", file=sys.stderr)
+    if not args.delivery and not args.all_failed and not args.job and not args.series and not args.study:
+        print("say which: --delivery ID, --job ID, --series ID, --study ID (all repeatable) or --all-failed", file=sys.stderr)
         return EXIT_USAGE
+    from dicom_node.db.engine import SchemaError
+
     config = _config(args)
-    db = Database(config.database_url)
+    db = Database(config.database_url, migrate=False)  # writes rows, never the schema
+    try:
+        db.require_current_schema()
+    except SchemaError as exc:
+        print(f"dicom-node retry: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     count = 0
     if args.delivery or args.all_failed:
         deliveries = retry(db, delivery_ids=args.delivery, all_failed=args.all_failed)
@@ -193,6 +226,22 @@ def cmd_retry(args: argparse.Namespace) -> int:
         jobs = retry_jobs(db, args.job)
         print(f"{jobs} job(s) queued again")
         count += jobs
+    count += _failed_dispatches(db, args, retry_dispatch, "will be dispatched again by the next sweep")
+    return EXIT_OK if count else EXIT_FAILED
+
+
+def cmd_dismiss(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from dicom_node.db import Database
+    from dicom_node.ops.admin_actions import dismiss_dispatch
+
+    if not args.series and not args.study:
+        print("say which: --series ID or --study ID (both repeatable)", file=sys.stderr)
+        return EXIT_USAGE
+    config = _config(args)
+    db = Database(config.database_url)
+    count = _failed_dispatches(db, args, partial(dismiss_dispatch, note=args.note), "dismissed (dispatched, nothing queued)")
     return EXIT_OK if count else EXIT_FAILED
 
 
@@ -314,11 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("retry", help="queue failed deliveries or model jobs again")
+    p = sub.add_parser("retry", help="queue failed deliveries or model jobs again, dispatch failed series or studies again")
     p.add_argument("--delivery", type=int, action="append", help="delivery id (repeatable)")
     p.add_argument("--all-failed", action="store_true", help="every delivery in state failed")
     p.add_argument("--job", type=int, action="append", help="model job id to run again (repeatable)")
+    p.add_argument("--series", type=int, action="append", help="failed series id to dispatch again (repeatable; see status)")
+    p.add_argument("--study", type=int, action="append", help="failed study id to dispatch again (repeatable)")
     p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("dismiss", help="give up on a failed series or study: mark it dispatched, queue nothing")
+    p.add_argument("--series", type=int, action="append", help="failed series id (repeatable; see status)")
+    p.add_argument("--study", type=int, action="append", help="failed study id (repeatable)")
+    p.add_argument("--note", help="why (kept with the series or study, and in the audit log)")
+    p.set_defaults(func=cmd_dismiss)
 
     rules = sub.add_parser("rules", help="validate rules or dry-run them on files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")

@@ -41,6 +41,10 @@ def alembic_config(url: str | None = None) -> Config:
     return cfg
 
 
+class SchemaError(RuntimeError):
+    """The database's schema is not the revision this code needs (and this command does not migrate)."""
+
+
 class Database:
     """A configured engine plus a session factory.
 
@@ -70,6 +74,29 @@ class Database:
         cfg = alembic_config(self.url)
         cfg.attributes["engine"] = self.engine
         command.upgrade(cfg, "head")
+
+    def schema_revisions(self) -> tuple[str | None, str | None]:
+        """(the database's Alembic revision, the newest this code knows); read only."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision(), head
+
+    def require_current_schema(self) -> None:
+        """Raise :class:`SchemaError` unless the schema is current.
+
+        For commands that must not migrate: ``status`` (read only, maybe under
+        a read-only database role) and ``retry`` (writes rows, but a schema
+        change belongs to the node's start-up, not to a side command).
+        """
+        current, head = self.schema_revisions()
+        if current != head:
+            raise SchemaError(
+                f"the database schema is at revision {current or 'none'}, this dicom-node needs {head}; "
+                "start the node (`dicom-node serve` migrates at start-up) and try again"
+            )
 
     def session(self) -> Session:
         return self._factory()

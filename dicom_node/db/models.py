@@ -2,7 +2,8 @@
 
 Series states: ``receiving`` (instances arriving or quiet period running),
 ``complete`` (quiet period over, rules not yet applied), ``dispatched``
-(rules applied; actions queued).  Deliveries and jobs have their own
+(rules applied; actions queued), ``failed`` (the rules could not be applied:
+``failure_reason`` says why; an operator retries or dismisses it).  Deliveries and jobs have their own
 state machines documented on the classes.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Study(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     called_ae: Mapped[str | None] = mapped_column(String(16), nullable=True)
     run_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it is failed, or was dismissed
     series: Mapped[list[Series]] = relationship(back_populates="study")
 
 
@@ -50,6 +52,7 @@ class Series(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     completion_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it is failed, or was dismissed
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
@@ -81,7 +84,8 @@ class Instance(Base):
     ``routed_version`` is the copy that instance-level rules have been
     applied to; NULL while the latest copy still waits for them (a new
     instance, or a duplicate that replaced one).  The partial index keeps
-    finding those cheap however many instances the node holds.
+    finding those cheap however many instances the node holds.  ``digest``
+    identifies the stored copy's content (see :mod:`dicom_node.receive.spool`).
     """
 
     __tablename__ = "instances"
@@ -101,6 +105,9 @@ class Instance(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     late: Mapped[bool] = mapped_column(default=False)
     routed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # BLAKE2b of the stored dataset bytes (hex; NULL for copies stored before digests were kept):
+    # a byte-identical resend is a duplicate that changes nothing
+    digest: Mapped[str | None] = mapped_column(String(32), nullable=True)
     series: Mapped[Series] = relationship(back_populates="instances")
 
 

@@ -11,11 +11,19 @@ from enum import StrEnum
 
 
 class SeriesState(StrEnum):
-    """A series (and a study): arriving, quiet period over, rules applied."""
+    """A series (and a study): arriving, quiet period over, rules applied, or rules could not be applied.
+
+    ``failed`` holds one series or study whose dispatch raised (its reason
+    is in ``failure_reason``) so that it does not stop the sweep for the
+    others; it waits for an operator to retry (back to ``complete``, or
+    ``receiving`` for a study) or dismiss it (to ``dispatched``, nothing
+    queued).  See :mod:`dicom_node.routing.failures`.
+    """
 
     RECEIVING = "receiving"  # instances arriving, or the quiet period runs
     COMPLETE = "complete"  # quiet period over, rules not yet applied
-    DISPATCHED = "dispatched"  # rules applied, actions queued
+    DISPATCHED = "dispatched"  # rules applied, actions queued (or dismissed by an operator)
+    FAILED = "failed"  # dispatch raised: waits for an operator (retry or dismiss)
 
 
 StudyState = SeriesState
@@ -40,10 +48,11 @@ class DeliveryState(StrEnum):
 
 
 class DeliveryItemState(StrEnum):
-    """One object of a delivery: not yet accepted by the destination, or accepted."""
+    """One object of a delivery: not yet accepted by the destination, accepted, or not to be sent."""
 
     PENDING = "pending"
     SENT = "sent"
+    SUPERSEDED = "superseded"  # a newer copy of the instance goes to the destination in its own item
 
 
 class SelfTestState(StrEnum):

@@ -95,7 +95,7 @@ def _sources(session, job: Job) -> list[Instance]:  # type: ignore[no-untyped-de
 def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) -> JobState:
     """Run one claimed job to a terminal state (or back to pending for a retry)."""
     from ai_models import InputError, get_info
-    from dicom_node.jobs.outputs import RunContext, build_outputs
+    from dicom_node.jobs.outputs import OutputError, RunContext, build_outputs
     from dicom_node.jobs.results import JobResult, OutputRef, summarize
 
     timings: dict[str, float] = {}
@@ -112,23 +112,33 @@ def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) ->
         elif job.study_id is not None:
             study = session.get(Study, job.study_id)
             called = study.called_ae if study else None
+    step = "load"  # named in the job error, with the source instance when one is known
+    source_uid = ""
     try:
         name = action["model"]
         info = get_info(name)
         loaded = cache.get(name, action.get("options", {}))
         timings["load_s"] = time.perf_counter() - start
         t = time.perf_counter()
+        step = "read"
         datasets: list[pydicom.Dataset] = [pydicom.dcmread(p) for p in paths]
         timings["read_s"] = time.perf_counter() - t
         t = time.perf_counter()
+        step = "predict"
         if info.input_kind == "image":
-            results = [loaded.model.predict(ds) for ds in datasets]
+            results = []
+            for ds in datasets:
+                source_uid = str(ds.get("SOPInstanceUID", ""))
+                results.append(loaded.model.predict(ds))
+            source_uid = ""
         else:
             results = [loaded.model.predict(datasets)]
         timings["inference_s"] = time.perf_counter() - t
         t = time.perf_counter()
+        step = "outputs"
         replaces = config.completion_for(called).late_instances == "replace"
         outputs = build_outputs(datasets, results, action, RunContext(config.uid_root, rule_name, loaded.version, run, replaces))
+        step = "write"
         folder = config.storage.results / f"job-{job_id}"
         written = [(str(ds.SOPInstanceUID), str(_write_result(folder, ds))) for ds in outputs]
         timings["outputs_s"] = time.perf_counter() - t
@@ -136,7 +146,10 @@ def execute(db: Database, config: NodeConfig, cache: ModelCache, job_id: int) ->
                             name, loaded.version)
     except Exception as exc:  # noqa: BLE001 - a job must always reach a state
         permanent = isinstance(exc, (JobFailure, InputError))
-        message = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, OutputError):
+            message = str(exc)  # names the output step and the source instance itself
+        else:
+            message = f"{step}{f' for {source_uid}' if source_uid else ''}: {type(exc).__name__}: {exc}"
         if not permanent:
             log.debug("job %d traceback:\n%s", job_id, traceback.format_exc())
         with db.write() as session:

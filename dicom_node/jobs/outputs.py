@@ -13,16 +13,69 @@ same source.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
 from ai_models.results import Classification, Detection, Segmentation
-from dicom_node.outputs import build_erased_images, build_header_fix_copy, build_seg, build_sr, stable_uid
+from dicom_node.outputs import CONTRAST_BOLUS_MODULE, build_erased_images, build_header_fix_copy, build_seg, build_sr, stable_uid
+from dicom_node.outputs.common import box_source_uid, usable_spacing
 
 log = logging.getLogger("dicom_node.jobs.execute")
+
+
+_MISSING_ATTRIBUTE = re.compile(r"has no attribute '(\w+)'")
+_SPACING = ("PixelSpacing", "ImagerPixelSpacing")
+
+
+class OutputError(Exception):
+    """Building one output failed: names the step, the source instance and the cause (never attribute values)."""
+
+    def __init__(self, step: str, source_uid: str, cause: str) -> None:
+        super().__init__(f"outputs/{step} for {source_uid}: {cause}")
+        self.step, self.source_uid, self.cause = step, source_uid, cause
+
+
+def _attribute_state(ds: Dataset, keyword: str) -> str:
+    if keyword not in ds:
+        return "absent"
+    value = ds[keyword].value
+    if value in (None, "", []):
+        return "empty"
+    if keyword in _SPACING and usable_spacing(value) is None:
+        return "zero" if all(float(v) == 0 for v in value) else "unusable"
+    return "present"
+
+
+def _cause(exc: Exception, source: Dataset) -> str:
+    """What went wrong, without values: a missing attribute by keyword (with the spacing state, if a spacing)."""
+    missing = _MISSING_ATTRIBUTE.search(str(exc)) if isinstance(exc, AttributeError) else None
+    if missing is None:
+        return f"{type(exc).__name__}: {exc}"
+    keyword = missing.group(1)
+    cause = f"{keyword} absent"
+    if keyword in _SPACING:
+        other = _SPACING[1 - _SPACING.index(keyword)]
+        cause += f" and {other} {_attribute_state(source, other)}"
+    return cause
+
+
+@contextmanager
+def _step(step: str, sources: list[Dataset]) -> Iterator[None]:
+    """Turn a builder's exception into an :class:`OutputError` naming ``step`` and the (first) source instance."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any builder failure gets the same context
+        source = sources[0] if sources else Dataset()
+        raise OutputError(step, str(source.get("SOPInstanceUID", "?")), _cause(exc, source)) from exc
 
 
 @dataclass(frozen=True)
@@ -53,15 +106,17 @@ def _restamp(ds: Dataset, series_uid: str, run: int, description: str) -> Datase
 def header_fix_values(result: Classification, header_field: str) -> dict[str, Any] | None:
     """The attribute values a confident header-fix finding implies, or None when it implies none.
 
-    ContrastBolusAgent: "non-enhanced" removes a recorded agent; "enhanced"
-    records one (the agent itself is unknown, so the value names the model).
+    ContrastBolusAgent: "non-enhanced" removes a recorded agent with the whole
+    Contrast/Bolus module (route, volume, times, dose, ingredient: left behind
+    they still claim contrast); "enhanced" records an agent (the agent itself
+    is unknown, so the value names the model).
     ViewPosition: PA or lateral (LL); "Others" implies nothing to write.
     """
     label = result.label.lower()
     has_agent = bool((result.header_value or "").strip())
     if header_field == "ContrastBolusAgent":
         if label.startswith("non"):
-            return {"ContrastBolusAgent": None} if has_agent else None
+            return dict.fromkeys(CONTRAST_BOLUS_MODULE) if has_agent else None
         return None if has_agent else {"ContrastBolusAgent": f"CONTRAST (detected by {result.model})"[:64]}
     if header_field == "ViewPosition":
         if label == "pa":
@@ -84,37 +139,51 @@ def build_outputs(
             seg = None
             if "seg" in wanted:
                 uid, note = _result_series(ctx, used, result, "seg")
-                seg = build_seg(used, result, uid_root=ctx.uid_root, algorithm_name=result.model, algorithm_version=result.model_version,
-                                omit_empty_frames=bool(action.get("omit_empty_frames", False)))
+                with _step("seg", used):
+                    seg = build_seg(used, result, uid_root=ctx.uid_root, algorithm_name=result.model,
+                                    algorithm_version=result.model_version,
+                                    omit_empty_frames=bool(action.get("omit_empty_frames", False)))
                 out.append(_restamp(seg, uid, ctx.run, f"{result.model} segmentation{note}"))
             if "sr" in wanted:
-                uid, note = _result_series(ctx, used, result, "sr")
-                out.append(_restamp(build_sr(used, result, uid_root=ctx.uid_root, seg=seg), uid, ctx.run, f"{result.model} report{note}"))
+                out.append(_report(used, result, ctx, seg))
         elif isinstance(result, Detection):
             if "sr" in wanted:
-                uid, note = _result_series(ctx, used, result, "sr")
-                out.append(_restamp(build_sr(used, result, uid_root=ctx.uid_root), uid, ctx.run, f"{result.model} report{note}"))
+                out.append(_report(used, result, ctx))
             if "erased" in wanted and result.boxes:
-                from ai_models.baselines.eraser import erase_boxes
-
-                uid, note = _result_series(ctx, used, result, "erased")
-                erased = {}
-                for ds in used:
-                    boxes = [b for b in result.boxes if b.sop_instance_uid in ("", str(ds.SOPInstanceUID))]
-                    if boxes:
-                        erased[str(ds.SOPInstanceUID)] = erase_boxes(np.asarray(ds.pixel_array), boxes)
-                images = build_erased_images(used, result, erased, uid_root=ctx.uid_root)
-                for image in images:
-                    image.SeriesInstanceUID = uid
-                    image.SeriesDescription = f"{used[0].get('SeriesDescription', '')} [L/R marker erased]{note}"[:64]
-                out.extend(images)
+                out.extend(_erased(used, result, ctx))
         elif isinstance(result, Classification):
             if "sr" in wanted:
-                uid, note = _result_series(ctx, used, result, "sr")
-                out.append(_restamp(build_sr(used, result, uid_root=ctx.uid_root), uid, ctx.run, f"{result.model} report{note}"))
+                out.append(_report(used, result, ctx))
             if "corrected-copy" in wanted:
-                out.extend(_corrected_copy(used, result, action, ctx))
+                with _step("corrected-copy", used):
+                    out.extend(_corrected_copy(used, result, action, ctx))
     return out
+
+
+def _report(sources: list[Dataset], result: Any, ctx: RunContext, seg: hd.seg.Segmentation | None = None) -> Dataset:
+    uid, note = _result_series(ctx, sources, result, "sr")
+    with _step("sr", sources):
+        sr = build_sr(sources, result, uid_root=ctx.uid_root, seg=seg)
+    return _restamp(sr, uid, ctx.run, f"{result.model} report{note}")
+
+
+def _erased(sources: list[Dataset], result: Detection, ctx: RunContext) -> list[Dataset]:
+    """The erased images: each box is erased on the instance it names (by SOP Instance UID), never on the others."""
+    from ai_models.baselines.eraser import erase_boxes
+
+    uid, note = _result_series(ctx, sources, result, "erased")
+    erased = {}
+    for ds in sources:
+        with _step("erased", [ds]):
+            boxes = [b for b in result.boxes if box_source_uid(b, result) == str(ds.SOPInstanceUID)]
+            if boxes:
+                erased[str(ds.SOPInstanceUID)] = erase_boxes(np.asarray(ds.pixel_array), boxes)
+    with _step("erased", sources):
+        images = build_erased_images(sources, result, erased, uid_root=ctx.uid_root)
+    for image in images:
+        image.SeriesInstanceUID = uid
+        image.SeriesDescription = f"{sources[0].get('SeriesDescription', '')} [L/R marker erased]{note}"[:64]
+    return images
 
 
 def _corrected_copy(sources: list[Dataset], result: Classification, action: dict[str, Any], ctx: RunContext) -> list[Dataset]:

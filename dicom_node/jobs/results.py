@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ai_models.results import Classification, Detection, Segmentation
+from ai_models.results import Box, Classification, Detection, Segmentation
 
 
 def _rounded(value: Any, digits: int = 4) -> float:
@@ -62,27 +62,37 @@ class ClassificationSummary:
 
 @dataclass(frozen=True)
 class BoxSummary:
+    """One box and the instance it lies on: coordinates mean nothing without the image they are on."""
+
     label: str
     score: float
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in source pixels
+    sop_instance_uid: str = ""  # "" only in rows written before boxes named their instance
 
 
 @dataclass(frozen=True)
 class DetectionSummary:
+    """The boxes, and the instances examined (an examined instance without a box had no marker)."""
+
     boxes: tuple[BoxSummary, ...] = ()
+    source_sop_instance_uids: tuple[str, ...] = ()
 
     kind = "detection"
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "boxes": [{"label": b.label, "score": b.score, "box": list(b.box)} for b in self.boxes]}
+        return {"kind": self.kind,
+                "boxes": [{"label": b.label, "score": b.score, "box": list(b.box), "sop_instance_uid": b.sop_instance_uid}
+                          for b in self.boxes],
+                "source_sop_instance_uids": list(self.source_sop_instance_uids)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DetectionSummary:
         boxes = []
         for b in data.get("boxes", []):
             x0, y0, x1, y1 = (float(v) for v in b.get("box", (0, 0, 0, 0)))
-            boxes.append(BoxSummary(str(b.get("label", "")), float(b.get("score", 0.0)), (x0, y0, x1, y1)))
-        return cls(tuple(boxes))
+            boxes.append(BoxSummary(str(b.get("label", "")), float(b.get("score", 0.0)), (x0, y0, x1, y1),
+                                    str(b.get("sop_instance_uid") or "")))
+        return cls(tuple(boxes), tuple(str(u) for u in data.get("source_sop_instance_uids") or ()))
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,13 @@ class JobResult:
         return cls(results, outputs, data.get("model"), data.get("model_version"))
 
 
+def _box_uid(box: Box, detection: Detection) -> str:
+    """The box's own instance, or the detection's only one; "" when a box without one lies among several."""
+    if box.sop_instance_uid or len(detection.source_sop_instance_uids) != 1:
+        return box.sop_instance_uid
+    return detection.source_sop_instance_uids[0]
+
+
 def summarize(results: Iterable[Any]) -> tuple[ResultSummary, ...]:
     """The summaries of a model's results (:mod:`ai_models.results`), rounded for reading."""
     out: list[ResultSummary] = []
@@ -154,8 +171,9 @@ def summarize(results: Iterable[Any]) -> tuple[ResultSummary, ...]:
             ))
         elif isinstance(result, Detection):
             out.append(DetectionSummary(tuple(
-                BoxSummary(b.label, _rounded(b.score), (round(b.x0, 1), round(b.y0, 1), round(b.x1, 1), round(b.y1, 1)))
-                for b in result.boxes)))
+                BoxSummary(b.label, _rounded(b.score), (round(b.x0, 1), round(b.y0, 1), round(b.x1, 1), round(b.y1, 1)),
+                           _box_uid(b, result))
+                for b in result.boxes), tuple(result.source_sop_instance_uids)))
         elif isinstance(result, Segmentation):
             out.append(SegmentationSummary(
                 labels={str(value): name for value, name in result.label_names.items()}, volumes_ml=dict(result.volumes_ml),

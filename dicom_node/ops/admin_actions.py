@@ -1,4 +1,4 @@
-"""What an operator does to the node, audited: retry deliveries and jobs, echo destinations; and the rows they look at.
+"""What an operator does to the node, audited: retry deliveries and jobs, retry or dismiss failed series and studies, echo destinations; and the rows they look at.
 
 Shared by the web pages, the JSON API and the CLI, so that each operation
 is implemented and audited once.  ``actor`` is the user name recorded in
@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from ai_models.catalog import describe_models
+from dicom_node.clock import utcnow
 from dicom_node.config import FolderDestination, NodeConfig
 from dicom_node.db import Database
 from dicom_node.db.admin_models import AuditEntry, record_audit
@@ -19,6 +20,7 @@ from dicom_node.delivery.queue import retry
 from dicom_node.delivery.send import echo
 from dicom_node.jobs.queue import retry_jobs
 from dicom_node.ops.queries import iso
+from dicom_node.routing.failures import Level, dismiss_failed, retry_failed
 
 
 def retry_deliveries(db: Database, actor: str, client: str | None, ids: list[int] | None) -> int:
@@ -99,3 +101,22 @@ def audit_rows(db: Database, action: str | None = None, username: str | None = N
     with db.session() as session:
         return [{"id": e.id, "at": iso(e.at), "username": e.username, "action": e.action, "target": e.target,
                  "outcome": e.outcome, "client": e.client, "details": e.details} for e in session.scalars(query)]
+
+
+def retry_dispatch(db: Database, actor: str, client: str | None, level: Level, row_id: int) -> bool:
+    """A failed series back to ``complete`` (a failed study back to ``receiving``) for the next sweep; audited as ``retry``."""
+    with db.write() as session:
+        ok = retry_failed(session, level, row_id)
+        record_audit(session, "retry", username=actor, target=f"{level} {row_id}", client=client,
+                     outcome="ok" if ok else "failed", details={"result": "dispatched again by the next sweep" if ok else "not failed"})
+    return ok
+
+
+def dismiss_dispatch(db: Database, actor: str, client: str | None, level: Level, row_id: int, note: str | None = None) -> bool:
+    """A failed series or study to ``dispatched`` with nothing queued (the reason kept, with the note); audited as ``dismiss``."""
+    note = (note or "").strip()[:200] or None
+    with db.write() as session:
+        ok = dismiss_failed(session, level, row_id, actor, note, utcnow())
+        record_audit(session, "dismiss", username=actor, target=f"{level} {row_id}", client=client,
+                     outcome="ok" if ok else "failed", details={"note": note, "result": "dismissed" if ok else "not failed"})
+    return ok

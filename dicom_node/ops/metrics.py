@@ -62,7 +62,7 @@ WINDOW = {"delivery_items": 10_000, "deliveries": 1_000, "series": 1_000, "jobs"
 # An association is folded into the running totals only once it started this long ago: on PostgreSQL,
 # ids are taken before commit, so a lower id may become visible after a higher one for a moment.
 SETTLED = timedelta(seconds=60)
-STUDY_STATES = (StudyState.RECEIVING, StudyState.DISPATCHED)
+STUDY_STATES = (StudyState.RECEIVING, StudyState.DISPATCHED, StudyState.FAILED)
 
 
 def _le(bound: float) -> str:
@@ -181,16 +181,20 @@ class NodeCollector(Collector):
             Series.state == SeriesState.RECEIVING, Series.completed_at.is_(None)).scalar_subquery()
         completed = session.scalar(select(func.coalesce(func.max(Series.id), 0) - never_completed))
         yield CounterMetricFamily("dicom_node_series_completed_total", "Series that reached completion at least once.", value=completed or 0)
-        yield _by_state("dicom_node_studies", "Studies by state.", queries.study_counts(session), STUDY_STATES)
+        studies = queries.study_counts(session)
+        yield _by_state("dicom_node_studies", "Studies by state.", studies, STUDY_STATES)
         yield _by_state("dicom_node_jobs", "Model jobs by state.", jobs, JobState)
         yield _by_state("dicom_node_deliveries", "Deliveries (one batch for one destination) by state.", deliveries, DeliveryState)
         items = queries.delivery_item_counts(session)
         yield _by_state("dicom_node_delivery_items", "Objects in deliveries by state.", items, DeliveryItemState)
 
-        failures = GaugeMetricFamily("dicom_node_failures", "Things that ended failed and wait for an operator (retry from the operations page).",
+        failures = GaugeMetricFamily("dicom_node_failures", "Things that ended failed and wait for an operator (retry or dismiss "
+                                     "from the operations page): deliveries, jobs, series and studies that could not be dispatched.",
                                      labels=["kind"])
         failures.add_metric(["delivery"], deliveries.get(DeliveryState.FAILED, 0))
         failures.add_metric(["job"], jobs.get(JobState.FAILED, 0))
+        failures.add_metric(["series"], series.get(SeriesState.FAILED, 0))
+        failures.add_metric(["study"], studies.get(StudyState.FAILED, 0))
         yield failures
 
         depth = GaugeMetricFamily("dicom_node_queue_depth", "Work waiting: series still receiving, complete series not yet routed, "

@@ -4,8 +4,8 @@ One set of count functions serves the CLI, the web and the metrics, so the
 three agree.  They are bounded: none reads every row of a history table,
 however long the node has run.
 
-- States that are work in flight (``receiving``, ``pending``, ``sending``,
-  ``running``) and ``failed`` (waiting for an operator) are counted on the
+- States that are work in flight (``receiving``, ``complete``, ``pending``,
+  ``sending``, ``running``) and ``failed`` (waiting for an operator) are counted on the
   ``state`` index: the cost grows with the queue, not with the history.
 - The finished state of a table (series ``dispatched``, job ``done``,
   delivery ``delivered``, item ``sent``) is the rest: the table's row count
@@ -69,11 +69,24 @@ def _state_counts(session: Session, model: Any, active: tuple[StrEnum, ...], res
 
 
 def series_counts(session: Session) -> dict[str, int]:
-    return _state_counts(session, Series, (SeriesState.RECEIVING, SeriesState.COMPLETE), SeriesState.DISPATCHED)
+    active = (SeriesState.RECEIVING, SeriesState.COMPLETE, SeriesState.FAILED)
+    return _state_counts(session, Series, active, SeriesState.DISPATCHED)
 
 
 def study_counts(session: Session) -> dict[str, int]:
-    return _state_counts(session, Study, (StudyState.RECEIVING, StudyState.COMPLETE), StudyState.DISPATCHED)
+    return _state_counts(session, Study, (StudyState.RECEIVING, StudyState.COMPLETE, StudyState.FAILED), StudyState.DISPATCHED)
+
+
+def failed_dispatches(session: Session, limit: int = 50) -> list[dict[str, Any]]:
+    """Series and studies in state ``failed`` (their dispatch raised), newest first, with the reason (state index)."""
+    series = session.scalars(select(Series).where(Series.state == SeriesState.FAILED).order_by(Series.id.desc()).limit(limit)).all()
+    studies = session.scalars(select(Study).where(Study.state == StudyState.FAILED).order_by(Study.id.desc()).limit(limit)).all()
+    return [
+        *({"level": "series", "id": s.id, "uid": s.series_instance_uid, "study_id": s.study_id, "modality": s.modality,
+           "instances": s.instance_count, "completed_at": iso(s.completed_at), "reason": s.failure_reason} for s in series),
+        *({"level": "study", "id": s.id, "uid": s.study_instance_uid, "study_id": s.id, "modality": None,
+           "instances": None, "completed_at": iso(s.last_received_at), "reason": s.failure_reason} for s in studies),
+    ]
 
 
 def job_counts(session: Session) -> dict[str, int]:
@@ -152,7 +165,8 @@ def status_report(session: Session, config: NodeConfig, now: datetime) -> dict[s
         }
         for d in session.scalars(select(Delivery).order_by(Delivery.id.desc()).limit(50)).all()
     ]
-    return {"counts": status_counts, "waiting_series": waits, "recent_jobs": jobs, "recent_deliveries": deliveries}
+    return {"counts": status_counts, "waiting_series": waits, "failed_dispatches": failed_dispatches(session),
+            "recent_jobs": jobs, "recent_deliveries": deliveries}
 
 
 def delivery_row(delivery: Delivery) -> dict[str, Any]:
@@ -225,6 +239,7 @@ def study_detail(session: Session, study_id: int) -> dict[str, Any] | None:
             "calling_ae": series.calling_ae, "first_received_at": iso(series.first_received_at),
             "last_received_at": iso(series.last_received_at), "completed_at": iso(series.completed_at),
             "completion_reason": series.completion_reason, "dispatched_at": iso(series.dispatched_at),
+            "failure_reason": series.failure_reason,
             "seconds_to_route": None if wait is None else round(wait, 3),
             "dispatches": [dispatch_row(d) for d in session.scalars(select(Dispatch).where(Dispatch.series_id == series.id).order_by(Dispatch.id))],
             "jobs": [job_row(j) for j in session.scalars(select(Job).where(Job.series_id == series.id).order_by(Job.id))],
@@ -237,7 +252,7 @@ def study_detail(session: Session, study_id: int) -> dict[str, Any] | None:
     return {
         "id": study.id, "study_uid": study.study_instance_uid, "state": study.state, "runs": study.run_count,
         "first_received_at": iso(study.first_received_at), "last_received_at": iso(study.last_received_at),
-        "completed_at": iso(study.completed_at), "series": series_out, "study_level": study_level,
+        "completed_at": iso(study.completed_at), "failure_reason": study.failure_reason, "series": series_out, "study_level": study_level,
     }
 
 

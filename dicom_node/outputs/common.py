@@ -10,11 +10,14 @@ produced the object.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import socket
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -44,6 +47,7 @@ OTHER_VIEW = Code("OTHERVIEW", LOCAL_SCHEME, "Other view")
 UNIT_ONE = codes.UCUM.NoUnits  # ("1", UCUM, "no units"): probabilities in [0, 1]
 UNIT_ML = Code("ml", "UCUM", "milliliter")  # UCUM is a grammar; "ml" is its millilitre
 UNIT_MM2 = codes.UCUM.SquareMillimeter
+UNIT_PIXELS = Code("{pixels}", "UCUM", "pixels")  # an area counted in pixels (as highdicom writes Rows/Columns)
 
 
 def validate_uid_root(root: str) -> str:
@@ -83,6 +87,52 @@ def stable_uid(root: str, *parts: str) -> str:
         return f"{root}.{uuid.uuid5(_UUID_NAMESPACE, key).int}"
     value = int.from_bytes(hashlib.sha256(key.encode()).digest(), "big") % 10 ** _suffix_digits(root)
     return f"{root}.{value}"
+
+
+SpacingBasis = Literal["PixelSpacing", "ImagerPixelSpacing", "pixels"]
+# What an area measured on each basis means, as the SR and the docs say it.
+SPACING_BASIS_TEXT: dict[str, str] = {
+    "PixelSpacing": "Pixel Spacing (0028,0030): spacing in the patient",
+    "ImagerPixelSpacing": ("Imager Pixel Spacing (0018,1164): spacing at the detector plane, not corrected for "
+                           "geometric magnification, so sizes in the patient are smaller"),
+    "pixels": "no usable pixel spacing (absent or zero): measured in pixels",
+}
+
+
+@dataclass(frozen=True)
+class PlanarSpacing:
+    """The spacing (row, column) in mm a projection image is measured with, and which attribute it came from."""
+
+    basis: SpacingBasis
+    row_mm: float | None = None
+    column_mm: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.row_mm is not None and self.column_mm is not None
+
+    def describe(self) -> str:
+        return SPACING_BASIS_TEXT[self.basis]
+
+
+def usable_spacing(value: Any) -> tuple[float, float] | None:
+    """Two finite, positive numbers, or None: a zero spacing (``0\\0``, as some CR writers send) means unknown."""
+    try:
+        row, column = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) and v > 0 for v in (row, column)):
+        return None
+    return row, column
+
+
+def projection_spacing(source: Dataset) -> PlanarSpacing:
+    """Pixel Spacing when usable, else Imager Pixel Spacing (at the detector plane, see the CR/DX IODs), else pixels."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        spacing = usable_spacing(source.get(keyword))
+        if spacing is not None:
+            return PlanarSpacing(keyword, *spacing)  # type: ignore[arg-type]
+    return PlanarSpacing("pixels")
 
 
 def device_serial_number() -> str:

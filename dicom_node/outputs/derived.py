@@ -37,6 +37,7 @@ from dicom_node.outputs.common import (
     set_node_equipment,
     sources_in_order,
     text,
+    usable_spacing,
 )
 
 DEFAULT_ERASED_SERIES_NUMBER = 902
@@ -53,6 +54,16 @@ PROTECTED_ATTRIBUTES = frozenset({
     "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames",
     "SourceImageSequence", "DerivationDescription",
 })
+
+
+# The Contrast/Bolus module (PS3.3 C.7.6.4): a finding of "no contrast" removes all of it, since any
+# attribute left (a route, a volume) still reads as a contrast study and is out of place without the module.
+CONTRAST_BOLUS_MODULE = (
+    "ContrastBolusAgent", "ContrastBolusAgentSequence", "ContrastBolusRoute", "ContrastBolusAdministrationRouteSequence",
+    "ContrastBolusVolume", "ContrastBolusStartTime", "ContrastBolusStopTime", "ContrastBolusTotalDose",
+    "ContrastFlowRate", "ContrastFlowDuration", "ContrastBolusIngredient", "ContrastBolusIngredientConcentration",
+)
+SPACING_ATTRIBUTES = ("PixelSpacing", "ImagerPixelSpacing")
 
 
 def _code_item(code: Code) -> Dataset:
@@ -176,13 +187,28 @@ def build_erased_images(
         ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
         ds.DerivationCodeSequence = DicomSequence([_code_item(PIXEL_MASK)])
         described = "; ".join(_box_text(b) for b in boxes) or "no box detected"
+        dropped = _drop_unusable_spacing(ds)
         ds.DerivationDescription = text(
             f"Burned-in L/R marker erased by {MANUFACTURER} {SOFTWARE_VERSION} using {detection.model} "
-            f"{detection.model_version}: {described}", 1024)
+            f"{detection.model_version}: {described}"
+            + (f". Zero {' and '.join(dropped)} removed (unknown spacing)" if dropped else ""), 1024)
         if boxes and _all_boxes_changed(source.pixel_array, pixels, boxes):
             ds.BurnedInAnnotation = "NO"
         out.append(ds)
     return out
+
+
+def _drop_unusable_spacing(ds: Dataset) -> list[str]:
+    """Remove a zero spacing (``0\\0``, as some CR writers send): it means unknown, and dciodvfy rejects it.
+
+    Both attributes are optional in the CR and DX images this applies to
+    (Type 3, or 1C "if calibrated"); the removed ones are returned so the
+    Derivation Description can say so.
+    """
+    dropped = [k for k in SPACING_ATTRIBUTES if k in ds and usable_spacing(ds[k].value) is None]
+    for keyword in dropped:
+        delattr(ds, keyword)
+    return dropped
 
 
 def _value_text(value: Any) -> str:
@@ -206,7 +232,8 @@ def build_header_fix_copy(
 
     Pixel data are unchanged.  Companion attributes are the caller's choice:
     e.g. correcting ViewPosition may call for ViewCodeSequence too, and
-    removing ContrastBolusAgent for the rest of the Contrast/Bolus module.
+    removing ContrastBolusAgent for the rest of :data:`CONTRAST_BOLUS_MODULE`.
+    Removing an absent attribute is no change and is not described.
     """
     if not attribute_values:
         raise ValueError("attribute_values is empty: nothing to correct")
@@ -228,6 +255,8 @@ def build_header_fix_copy(
         changes = []
         for keyword, value in attribute_values.items():
             before = source.get(keyword)
+            if value is None and before is None:
+                continue  # removing what is not there changes nothing
             changes.append(f"{keyword} {_value_text(before) if before is not None else 'absent'} -> {_value_text(value)}")
             if value is None:
                 if keyword in ds:
@@ -235,7 +264,7 @@ def build_header_fix_copy(
             else:
                 setattr(ds, keyword, value)
         ds.DerivationDescription = text(
-            f"Header corrected by {MANUFACTURER} {SOFTWARE_VERSION}: {'; '.join(changes)}. Model "
+            f"Header corrected by {MANUFACTURER} {SOFTWARE_VERSION}: {'; '.join(changes) or 'nothing to change here'}. Model "
             f"{classification.model} {classification.model_version} found {classification.label} "
             f"(p={classification.confidence:.3f}); the header {verdict}.", 1024)
         out.append(ds)

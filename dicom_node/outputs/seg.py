@@ -26,9 +26,11 @@ from dicom_node.outputs.common import (
     acquisition_equipment,
     device_serial_number,
     new_uid,
+    projection_spacing,
     seg_algorithm,
     sources_in_order,
     text,
+    usable_spacing,
 )
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -102,15 +104,25 @@ def _projection_pixel_measures(source: Dataset) -> hd.PixelMeasuresSequence | No
 
     highdicom copies only PixelSpacing, and its reader then rejects the SEG for
     lacking SliceThickness; a nominal 1 mm thickness (a projection has none)
-    keeps it readable.  Without PixelSpacing, ImagerPixelSpacing (spacing at
-    the detector) is used: OHIF 3 cannot open a SEG without Pixel Measures,
-    and the SEG overlays the same pixel grid as its source, so the detector
-    spacing is what a viewer would use for the source image too.
+    keeps it readable.  Without a usable PixelSpacing, ImagerPixelSpacing
+    (spacing at the detector) is used: OHIF 3 cannot open a SEG without Pixel
+    Measures, and the SEG overlays the same pixel grid as its source, so the
+    detector spacing is what a viewer would use for the source image too.  A
+    zero spacing (``0\\0``, as some CR writers send) means unknown: with no
+    usable spacing the SEG has no Pixel Measures rather than false ones.
     """
-    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
-    if not spacing:
+    spacing = projection_spacing(source)
+    if spacing.row_mm is None or spacing.column_mm is None:
         return None
-    return hd.PixelMeasuresSequence(pixel_spacing=[float(v) for v in spacing], slice_thickness=1.0)
+    return hd.PixelMeasuresSequence(pixel_spacing=[spacing.row_mm, spacing.column_mm], slice_thickness=1.0)
+
+
+def _drop_unusable_pixel_measures(result: hd.seg.Segmentation) -> None:
+    """Remove Pixel Measures that highdicom copied from a zero source spacing (Type 1C without a Frame of Reference)."""
+    shared = result.SharedFunctionalGroupsSequence[0]
+    measures = shared.get("PixelMeasuresSequence")
+    if measures and usable_spacing(measures[0].get("PixelSpacing")) is None:
+        del shared.PixelMeasuresSequence
 
 
 def _add_projection_orientation(result: hd.seg.Segmentation) -> None:
@@ -232,6 +244,7 @@ def build_seg(
         # dciodvfy requires it (General Image, Type 2C) for images without a Frame of Reference.
         result.PatientOrientation = first.PatientOrientation
     if projection:
+        _drop_unusable_pixel_measures(result)
         _add_projection_orientation(result)
     _reroot_dimension_organization(result, uid_root)
     return result

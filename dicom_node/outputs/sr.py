@@ -41,13 +41,17 @@ from dicom_node.outputs.common import (
     UNIT_ML,
     UNIT_MM2,
     UNIT_ONE,
+    UNIT_PIXELS,
+    PlanarSpacing,
     box_source_uid,
     device_observer,
     device_serial_number,
     new_uid,
+    projection_spacing,
     sources_in_order,
     sr_algorithm,
     text,
+    usable_spacing,
 )
 from dicom_node.outputs.seg import SEG_SOP_CLASS_UID, segment_codes
 
@@ -60,6 +64,8 @@ _MeasurementGroup = (
 )
 OPAQUE_MARKER = codes.SCT.OpaqueMarker  # SCT 262301009: a lead L/R marker is a radiopaque marker
 LATERALITY = {"left": codes.SCT.Left, "right": codes.SCT.Right}
+# Modalities highdicom describes with TID 1603 (projection radiography) in an Image Library.
+_PROJECTION_MODALITIES = frozenset({"CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA"})
 
 # Procedure Reported (CID 100) by source modality.
 _PROCEDURES = {
@@ -114,14 +120,77 @@ def _group_source_images(datasets: Sequence[Dataset]) -> list[hd.sr.SourceImageF
     return [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in datasets]
 
 
+def _projection_descriptors(ds: Dataset) -> list[hd.sr.ContentItem]:
+    """TID 1603 descriptors the image really has: Patient Orientation and the detector pixel spacing.
+
+    All rows of TID 1603 are optional.  "Horizontal/Vertical Pixel Spacing"
+    (DCM 111026/111066) are defined at the front plane of the image receptor,
+    which is what Imager Pixel Spacing is; they are left out when the source
+    has none (or a zero one), rather than failing the report as highdicom does.
+    """
+    context = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
+    items: list[hd.sr.ContentItem] = []
+    orientation = [str(v) for v in (ds.get("PatientOrientation") or [])]
+    if len(orientation) == 2 and all(orientation):
+        items += [hd.sr.TextContentItem(codes.DCM.PatientOrientationRow, orientation[0], relationship_type=context),
+                  hd.sr.TextContentItem(codes.DCM.PatientOrientationColumn, orientation[1], relationship_type=context)]
+    detector = usable_spacing(ds.get("ImagerPixelSpacing"))
+    if detector is not None:
+        items += [hd.sr.NumContentItem(codes.DCM.HorizontalPixelSpacing, detector[1], codes.UCUM.Millimeter,
+                                       relationship_type=context),
+                  hd.sr.NumContentItem(codes.DCM.VerticalPixelSpacing, detector[0], codes.UCUM.Millimeter,
+                                       relationship_type=context)]
+    return items
+
+
+def _library_descriptors(ds: Dataset) -> hd.sr.ImageLibraryEntryDescriptors:
+    """highdicom's descriptors, except for projection images, whose TID 1603 part is :func:`_projection_descriptors`."""
+    if str(ds.get("Modality", "")) not in _PROJECTION_MODALITIES:
+        return hd.sr.ImageLibraryEntryDescriptors(ds)
+    view = Dataset()  # what TID 1602 reads, with a Modality highdicom adds nothing for
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "FrameOfReferenceUID", "Rows", "Columns"):
+        if keyword in ds:
+            setattr(view, keyword, ds[keyword].value)
+    view.Modality = ""
+    return hd.sr.ImageLibraryEntryDescriptors(view, additional_descriptors=_projection_descriptors(ds))
+
+
+def _image_library(datasets: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+    """TID 1600 Image Library: one group per Frame of Reference (or none), as highdicom groups them."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    groups: dict[str, list[hd.sr.ImageContentItem]] = {}
+    for ds in datasets:
+        entry = hd.sr.ImageContentItem(codes.SCT.Source, str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                       relationship_type=contains)
+        entry.ContentSequence = hd.sr.ContentSequence(_library_descriptors(ds))
+        groups.setdefault(str(ds.get("FrameOfReferenceUID", "")), []).append(entry)
+    library = hd.sr.ContainerContentItem(codes.DCM.ImageLibrary, relationship_type=contains)
+    library.ContentSequence = hd.sr.ContentSequence()
+    for frame_of_reference, entries in groups.items():
+        group = hd.sr.ContainerContentItem(codes.DCM.ImageLibraryGroup, relationship_type=contains)
+        group.ContentSequence = hd.sr.ContentSequence()
+        if frame_of_reference:
+            group.ContentSequence.append(hd.sr.UIDRefContentItem(
+                codes.DCM.FrameOfReferenceUID, frame_of_reference,
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT))
+        group.ContentSequence.extend(entries)
+        library.ContentSequence.append(group)
+    return library
+
+
 def _report(sources: Sequence[Dataset], model: str, version: str, uid_root: str,
             groups: Sequence[_MeasurementGroup], referenced: Sequence[Dataset]) -> hd.sr.MeasurementReport:
-    return hd.sr.MeasurementReport(
+    report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(uid_root, model, version)),
         procedure_reported=_procedure(sources[0]),
         imaging_measurements=groups,
-        referenced_images=list(referenced) or None,
     )
+    if referenced:
+        content = report[0].ContentSequence
+        measurements = next(i for i, item in enumerate(content)
+                            if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value)
+        content.insert(measurements, _image_library(referenced))  # TID 1500: the library precedes the measurements
+    return report
 
 
 def _document(evidence: Sequence[Dataset], report: hd.sr.MeasurementReport, *, model: str, uid_root: str,
@@ -288,28 +357,48 @@ def _slice_spacing(datasets: Sequence[Dataset]) -> float | None:
     return float(np.median(gaps)) if gaps.size else None
 
 
-def _pixel_spacing(result: Segmentation, source: Dataset) -> tuple[float, float] | None:
+def _volume_pixel_spacing(result: Segmentation, source: Dataset) -> tuple[float, float] | None:
     if result.spacing_mm is not None:
-        return float(result.spacing_mm[1]), float(result.spacing_mm[2])
-    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
-    return (float(spacing[0]), float(spacing[1])) if spacing else None
+        return usable_spacing(result.spacing_mm[1:])
+    return usable_spacing(source.get("PixelSpacing"))
 
 
-def _measurement(result: Segmentation, label: int, name: str, ordered: Sequence[Dataset]) -> hd.sr.Measurement:
-    """Volume (ml) of a 3D segment, or area (mm2) of a segment on a single projection image."""
+def _measurement(result: Segmentation, label: int, name: str, ordered: Sequence[Dataset]
+                 ) -> tuple[hd.sr.Measurement, PlanarSpacing | None]:
+    """Volume (ml) of a 3D segment, or area of a segment on a single image with the spacing it was measured with.
+
+    An area uses the source's own spacing (:func:`projection_spacing`), since
+    the report must say which attribute it came from: mm2 when one is usable,
+    pixels otherwise.  A model's ``spacing_mm`` was read from the same header.
+    """
     if name in result.volumes_ml:
-        return hd.sr.Measurement(name=codes.SCT.Volume, value=float(result.volumes_ml[name]), unit=UNIT_ML)
+        return hd.sr.Measurement(name=codes.SCT.Volume, value=float(result.volumes_ml[name]), unit=UNIT_ML), None
     count = int(np.count_nonzero(result.mask == label))
-    spacing = _pixel_spacing(result, ordered[0])
-    if spacing is None:
-        raise ValueError(f"no pixel spacing: cannot measure segment {name!r}")
     if len(ordered) == 1:
-        return hd.sr.Measurement(name=codes.SCT.Area, value=count * spacing[0] * spacing[1], unit=UNIT_MM2)
+        planar = projection_spacing(ordered[0])
+        if planar.row_mm is None or planar.column_mm is None:
+            return hd.sr.Measurement(name=codes.SCT.Area, value=float(count), unit=UNIT_PIXELS), planar
+        return hd.sr.Measurement(name=codes.SCT.Area, value=count * planar.row_mm * planar.column_mm, unit=UNIT_MM2), planar
+    spacing = _volume_pixel_spacing(result, ordered[0])
+    if spacing is None:
+        raise ValueError(f"no usable pixel spacing (absent or zero): cannot measure the volume of segment {name!r}")
     depth = float(result.spacing_mm[0]) if result.spacing_mm is not None else _slice_spacing(ordered)
     if not depth:
         raise ValueError(f"no slice spacing: cannot measure the volume of segment {name!r}")
     return hd.sr.Measurement(name=codes.SCT.Volume, value=count * spacing[0] * spacing[1] * depth / 1000.0,
-                             unit=UNIT_ML)
+                             unit=UNIT_ML), None
+
+
+def _state_spacing(group: _MeasurementGroup, spacing: PlanarSpacing | None) -> None:
+    """Say in the group which spacing its area was measured with (DCM 122422 "Calibration Method", TEXT).
+
+    TID 1410/1501 have no row for it and highdicom builds none, so the item
+    is appended after highdicom has built the group, like the header value.
+    """
+    if spacing is not None:
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            codes.DCM.CalibrationMethod, text(spacing.describe(), 1024),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
 
 
 def _segment_number(seg: hd.seg.Segmentation, name: str) -> int:
@@ -373,15 +462,17 @@ def build_segmentation_sr(
     for label in sorted(k for k in result.label_names if k != 0):
         name = result.label_names[label]
         coded = segment_codes(name)
+        measurement, spacing = _measurement(result, label, name, ordered)
         common: _SegmentGroupFields = {
             "tracking_identifier": hd.sr.TrackingIdentifier(uid=new_uid(uid_root), identifier=f"{result.model} {name}"),
             "finding_type": coded.type,
             "finding_category": coded.category,
             "algorithm_id": algorithm,
-            "measurements": [_measurement(result, label, name, ordered)],
+            "measurements": [measurement],
         }
         if seg is None:
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(source_images=_group_source_images(ordered), **common))
+            _state_spacing(groups[-1], spacing)
         elif len(ordered) == 1:
             number = _segment_number(seg, name)
             frames = hd.sr.ReferencedSegmentationFrame(
@@ -391,6 +482,7 @@ def build_segmentation_sr(
             )
             group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_segment=frames, **common)
             _drop_segment_number_beside_frames(group[0])
+            _state_spacing(group, spacing)
             groups.append(group)
         else:
             segment = hd.sr.ReferencedSegment(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -92,27 +93,32 @@ def file_info(path: str) -> FileInfo:
     three UIDs a C-STORE needs.
     """
     with open(path, "rb") as handle:
-        head = handle.read(132 + 4096)
-        if len(head) < 132 or head[128:132] != b"DICM":
-            raise ValueError("not a DICOM Part-10 file (no 'DICM' after the preamble)")
-        values: dict[int, bytes] = {}
-        offset = 132
-        while True:
-            while offset + 12 > len(head) and (more := handle.read(65536)):
-                head += more
-            if offset + 8 > len(head) or struct.unpack_from("<H", head, offset)[0] != 0x0002:
-                break  # the dataset starts here (its encoding may not be explicit VR: look no further)
-            try:
-                tag, length, value_at, _ = element_header(head, offset, implicit=False)
-            except struct.error:
-                raise ValueError("file meta information is truncated") from None
-            while value_at + length > len(head):
-                more = handle.read(65536)
-                if not more:
-                    raise ValueError("file meta information is truncated")
-                head += more
-            values[tag & 0xFFFF] = head[value_at:value_at + length]
-            offset = value_at + length
+        return read_file_info(handle, path)
+
+
+def read_file_info(handle: BinaryIO, path: str) -> FileInfo:
+    """:func:`file_info` of a file already open (read from its start), so the sender reads and sends one copy."""
+    head = handle.read(132 + 4096)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        raise ValueError("not a DICOM Part-10 file (no 'DICM' after the preamble)")
+    values: dict[int, bytes] = {}
+    offset = 132
+    while True:
+        while offset + 12 > len(head) and (more := handle.read(65536)):
+            head += more
+        if offset + 8 > len(head) or struct.unpack_from("<H", head, offset)[0] != 0x0002:
+            break  # the dataset starts here (its encoding may not be explicit VR: look no further)
+        try:
+            tag, length, value_at, _ = element_header(head, offset, implicit=False)
+        except struct.error:
+            raise ValueError("file meta information is truncated") from None
+        while value_at + length > len(head):
+            more = handle.read(65536)
+            if not more:
+                raise ValueError("file meta information is truncated")
+            head += more
+        values[tag & 0xFFFF] = head[value_at:value_at + length]
+        offset = value_at + length
     try:
         uids = [UID(values[e].rstrip(b"\x00 ").decode("ascii")) for e in (0x0002, 0x0003, 0x0010)]
     except KeyError as missing:

@@ -4,7 +4,12 @@ The duplicate policy lives here: a second copy of a SOP Instance UID
 replaces the first on disk (the spool writes to the same path) and in the
 row (``version`` + 1, new association and time), and the series counts it in
 ``duplicate_count``.  The newest copy wins because a modality resends after
-a correction far more often than by mistake.
+a correction far more often than by mistake.  A copy moved to another series
+by a correction has another path: the superseded file is removed once the
+new row is committed, so nothing (start-up recovery included) can take it
+for the newest copy again.  A byte-identical copy (same ``digest``) is
+counted in ``duplicate_count`` and changes nothing else: no new version, so
+it is neither routed nor forwarded again.
 
 The late-instance policy too: an instance that arrives after its series was
 dispatched is stored and flagged ``late``; with ``ignore`` the series stays
@@ -13,12 +18,14 @@ the completion tracker dispatches it again (a new run number).
 """
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import Instance, Series, Study
@@ -28,6 +35,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Row
 
     from dicom_node.db import Database
+
+log = logging.getLogger("dicom_node.receive.ingest")
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class RecordOutcome:
     duplicate: bool
     late: bool
     study_id: int = 0
+    identical: bool = False  # a byte-identical copy of the stored one: counted, nothing else changed
 
 
 def _study(session: Session, uid: str, now: datetime, called_ae: str) -> Study:
@@ -89,10 +99,19 @@ def record_instance(
     calling_ae: str,
     late_policy: str,
     now: datetime,
+    digest: str | None = None,
 ) -> RecordOutcome:
-    """Insert or update the rows for one stored instance (caller commits)."""
+    """Insert or update the rows for one stored instance (caller commits).
+
+    ``digest``: of the dataset bytes (:func:`dicom_node.receive.spool.dataset_digest`).
+    """
     study = _study(session, header.study_uid, now, called_ae)
     series = _series(session, study, header, now, called_ae, calling_ae)
+    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
+    if instance is not None and digest is not None and instance.digest == digest and instance.path == path:
+        series.duplicate_count += 1
+        session.flush()
+        return RecordOutcome(instance.id, series.id, True, False, study.id, identical=True)
     late = series.state == SeriesState.DISPATCHED
     if late:
         series.late_count += 1
@@ -103,20 +122,21 @@ def record_instance(
         series.state = SeriesState.RECEIVING
     if series.state == SeriesState.RECEIVING:
         study.state = StudyState.RECEIVING
-    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
     duplicate = instance is not None
     if instance is None:
         instance = Instance(
             series_id=series.id, sop_instance_uid=header.sop_uid, sop_class_uid=header.sop_class_uid,
             transfer_syntax_uid=header.transfer_syntax_uid, path=path, size=size, received_at=now,
-            association_id=association_id, version=1, late=late,
+            association_id=association_id, version=1, late=late, digest=digest,
         )
         session.add(instance)
         series.instance_count += 1
     else:
         instance.version += 1
         instance.routed_version = None  # the new copy goes through instance-level rules again
-        instance.path, instance.size, instance.received_at = path, size, now
+        if instance.path != path:
+            _remove_after_commit(session, instance.path)
+        instance.path, instance.size, instance.received_at, instance.digest = path, size, now, digest
         instance.association_id = association_id
         instance.transfer_syntax_uid = header.transfer_syntax_uid
         instance.late = instance.late or late
@@ -129,6 +149,24 @@ def record_instance(
         series.duplicate_count += 1
     session.flush()
     return RecordOutcome(instance.id, series.id, duplicate, late, study.id)
+
+
+def _remove_after_commit(session: Session, superseded: str) -> None:
+    """Delete a superseded copy's file once the row naming its successor is committed.
+
+    Not before: if the commit fails, the row still names the old file.  A
+    crash in between leaves the file behind, and start-up recovery then
+    sees by its write stamp that it is older than the row's copy.
+    """
+    def remove(_session: Session) -> None:
+        try:
+            os.unlink(superseded)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # the row is right either way; recovery removes it by its stamp
+            log.warning("superseded copy %s not removed: %s", superseded, exc)
+
+    event.listen(session, "after_commit", remove, once=True)
 
 
 # Declarative types ``__table__`` as any FromClause; for these mapped classes it is their Table.
@@ -158,6 +196,7 @@ def record_new_instance_fast(
     size: int,
     association_id: int | None,
     now: datetime,
+    digest: str | None = None,
 ) -> RecordOutcome | None:
     """The common case in four Core statements: a new instance of a series still receiving.
 
@@ -180,7 +219,7 @@ def record_new_instance_fast(
         {
             "series_id": series_id, "sop_instance_uid": header.sop_uid, "sop_class_uid": header.sop_class_uid,
             "transfer_syntax_uid": header.transfer_syntax_uid, "path": path, "size": size, "received_at": now,
-            "association_id": association_id, "version": 1, "late": False,
+            "association_id": association_id, "version": 1, "late": False, "digest": digest,
         },
     )
     # Optional only for an INSERT that produced no key; a single-row INSERT into an autoincrement table has one
@@ -243,6 +282,7 @@ class SQLiteFastRecorder:
         size: int,
         association_id: int | None,
         now: datetime,
+        digest: str | None = None,
     ) -> RecordOutcome | None:
         """Same contract as :func:`record_new_instance_fast`: None means nothing was changed."""
         stamp = now.strftime(_SQLITE_DATETIME)
@@ -263,9 +303,9 @@ class SQLiteFastRecorder:
                 cur.execute(f"UPDATE studies SET last_received_at = ?, state = '{StudyState.RECEIVING}' WHERE id = ?", (stamp, study_id))
                 cur.execute(
                     "INSERT INTO instances (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, "
-                    "size, received_at, association_id, version, late) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0)",
+                    "size, received_at, association_id, version, late, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?)",
                     (series_id, header.sop_uid, header.sop_class_uid, header.transfer_syntax_uid, path, size, stamp,
-                     association_id),
+                     association_id, digest),
                 )
                 instance_id = cast(int, cur.lastrowid)  # set by the INSERT just executed
                 self._conn.commit()

@@ -22,13 +22,18 @@ mid-write was never acknowledged; it is recognised by its preamble, which
 records the file's full length and a write stamp (PS3.10 leaves the
 128-byte preamble to the implementation), and removed.  The stamp also
 decides, when several copies of one SOP Instance UID are found, which is
-the newest (the duplicate policy keeps the newest).
+the newest (the duplicate policy keeps the newest).  The preamble holds a
+digest of the dataset bytes too (BLAKE2b, 16 bytes, about 1 ms for a CT
+slice): kept with the instance row, it tells a byte-identical resend from a
+correction, and tells the sender that the file it opened is the copy the
+row describes.
 
 The bytes of the dataset are written exactly as received (no
 decode/re-encode), which keeps compressed transfer syntaxes intact.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -48,8 +53,9 @@ from dicom_node.defaults import SPOOL_SLOT_BATCH
 log = logging.getLogger("dicom_node.receive.spool")
 
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-SPOOL_MARK = b"DICOM-NODE-SPOOL"  # then the file's length and a write stamp (ns), little endian
-_PREAMBLE_FIELDS = struct.Struct("<16sQQ")
+SPOOL_MARK = b"DICOM-NODE-SPOOL"  # then the file's length, a write stamp (ns), little endian, and the digest
+_PREAMBLE_FIELDS = struct.Struct("<16sQQ16s")
+DIGEST_SIZE = 16  # bytes of BLAKE2b: collisions are out of reach, and it fits the preamble
 PREAMBLE_LENGTH = 128 + 4  # preamble + "DICM"
 
 
@@ -68,9 +74,14 @@ def safe_component(uid: str) -> str:
     return "x" + uuid.uuid5(uuid.NAMESPACE_OID, uid).hex
 
 
-def spool_preamble(total_length: int, stamp_ns: int) -> bytes:
-    """The 128-byte preamble plus ``DICM`` of a spool file: mark, full file length, write stamp."""
-    fields = _PREAMBLE_FIELDS.pack(SPOOL_MARK, total_length, stamp_ns)
+def dataset_digest(dataset: bytes | memoryview) -> str:
+    """The digest of a dataset's bytes, as kept in the preamble and the instance row (hex)."""
+    return hashlib.blake2b(dataset, digest_size=DIGEST_SIZE).hexdigest()
+
+
+def spool_preamble(total_length: int, stamp_ns: int, digest: str | None = None) -> bytes:
+    """The 128-byte preamble plus ``DICM`` of a spool file: mark, full file length, write stamp, digest."""
+    fields = _PREAMBLE_FIELDS.pack(SPOOL_MARK, total_length, stamp_ns, bytes.fromhex(digest) if digest else bytes(DIGEST_SIZE))
     return fields + bytes(128 - len(fields)) + b"DICM"
 
 
@@ -78,8 +89,16 @@ def parse_spool_preamble(head: bytes) -> tuple[int, int] | None:
     """(recorded file length, write stamp) from a file's first bytes, or None without the mark."""
     if len(head) < _PREAMBLE_FIELDS.size:
         return None
-    mark, length, stamp = _PREAMBLE_FIELDS.unpack_from(head)
+    mark, length, stamp, _ = _PREAMBLE_FIELDS.unpack_from(head)
     return (length, stamp) if mark == SPOOL_MARK else None
+
+
+def preamble_digest(head: bytes) -> str | None:
+    """The dataset digest a spool preamble records; None without the mark or for files written before digests."""
+    if len(head) < _PREAMBLE_FIELDS.size:
+        return None
+    mark, _, _, digest = _PREAMBLE_FIELDS.unpack_from(head)
+    return digest.hex() if mark == SPOOL_MARK and any(digest) else None
 
 
 def read_spool_preamble(path: str | Path) -> tuple[int, int] | None:
@@ -103,6 +122,7 @@ class StoredFile:
     path: Path
     size: int
     replaced: bool
+    digest: str = ""  # of the dataset bytes (:func:`dataset_digest`)
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,7 @@ class Spool:
         """
         target = os.fspath(destination)
         total = PREAMBLE_LENGTH + len(file_meta) + len(dataset)
+        digest = dataset_digest(dataset)
         part: str | None = None
         handle: BinaryIO
         try:
@@ -175,7 +196,7 @@ class Spool:
                 part = os.path.join(self._tmp_dir, uuid.uuid4().hex + ".part")
                 handle = open(part, "wb")
             with handle:
-                handle.write(spool_preamble(total, time.time_ns()))
+                handle.write(spool_preamble(total, time.time_ns(), digest))
                 handle.write(file_meta)
                 handle.write(dataset)
                 handle.flush()
@@ -191,7 +212,7 @@ class Spool:
                 except OSError:
                     pass  # never created, or the spool itself is broken; the original error is what matters
             raise SpoolError(exc.errno, f"spool write failed: {exc.strerror}") from exc
-        return StoredFile(destination, total, replaced)
+        return StoredFile(destination, total, replaced, digest)
 
     def recover_pool(self) -> PoolRecovery:
         """Put complete objects left in slots into place, newest copy first; remove torn and empty slots.

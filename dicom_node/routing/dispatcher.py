@@ -10,6 +10,14 @@ between the two can neither lose nor double an action.
 
 Action types are pluggable: ``forward`` is built in; the model runtime adds
 ``model`` (see :mod:`dicom_node.routing.actions`).
+
+Every per-object, per-series, per-study and per-job step of a sweep is
+isolated: one that raises is logged once and marked (an object as routed,
+a series or study ``failed`` with its reason, see
+:mod:`dicom_node.routing.failures`; a job's findings as applied, with the
+error on the job), and the sweep goes on with the others.  Nothing that
+raised is tried again by the next sweep on its own, so one poison object
+cannot stop routing, nor fill the log with one traceback per sweep.
 """
 from __future__ import annotations
 
@@ -30,7 +38,8 @@ from dicom_node.defaults import INSTANCE_PASS_LIMIT
 from dicom_node.jobs.results import JobResult
 from dicom_node.routing.actions import ACTION_HANDLERS, ActionHandler, Target
 from dicom_node.routing.completion import due_studies, mark_complete_series
-from dicom_node.routing.header_readahead import HeaderReadahead, read_header
+from dicom_node.routing.failures import Level, mark_failed
+from dicom_node.routing.header_readahead import HeaderRead, HeaderReadahead, read_all, read_header
 from dicom_node.routing.instance_routing import Unrouted, mark_all_routed, mark_routed, unrouted
 
 if TYPE_CHECKING:
@@ -39,9 +48,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("dicom_node.routing.dispatcher")
 
 
-def read_headers(paths: list[str]) -> list[Dataset]:
-    """Headers (no pixel data) of stored files, for rule evaluation on the whole series."""
-    return [header for header in map(read_header, paths) if header is not None]
+class DispatchError(Exception):
+    """Why a series or study cannot be dispatched, in words for the operator (its ``failure_reason``)."""
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, DispatchError) else f"{type(exc).__name__}: {exc}"
+
+
+def _no_header(what: str, read: HeaderRead) -> DispatchError:
+    path, error = next(iter(read.unreadable.items()), ("", "no stored object"))
+    return DispatchError(f"no header of its {len(read.unreadable)} object(s) can be read, so no rule can be applied "
+                         f"(e.g. {path}: {error})" if read.unreadable else f"{what} has no stored object")
 
 
 class RulesSource(Protocol):
@@ -90,28 +108,57 @@ class Dispatcher:
             header = read_header(obj.path)
             if header is None:
                 continue
-            for match in ruleset.evaluate(SeriesHeaders.from_datasets([header]), level="instance"):
+            try:
+                matches = ruleset.evaluate(SeriesHeaders.from_datasets([header]), level="instance")
+            except ZeroDivisionError as exc:  # noqa: BLE001 - one object the rules cannot judge must not stop the others
+                log.error("instance rules cannot judge %s (series %s), skipped: %s", obj.path, obj.series_uid, _reason(exc))
+                continue
+            for match in matches:
                 fired.setdefault((obj.series_id, match.rule.name), (match, []))[1].append(obj)
         now = utcnow()
-        summary = []
-        with self.db.write() as session:
-            matched = {o.instance_id for _, objects in fired.values() for o in objects}
-            rows = {i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_(matched)))} if matched else {}
-            for match, objects in fired.values():
-                # A copy replaced since it was read is left for the next pass (its mark is NULL again).
-                current = [o for o in objects if o.instance_id in rows and rows[o.instance_id].version == o.version]
-                if not current:
-                    continue
-                first = current[0]
-                target = Target("instance", f"{first.instance_id}.{first.version}", first.run, first.series_id, first.study_id,
-                                [rows[o.instance_id] for o in current])
-                done = self._act(session, target, match, now, note=f"{len(current)} object(s) as stored")
-                summary.append(f"series {first.series_uid}: {done}")
-            mark_routed(session, waiting)
-        if summary:
-            log.info("instance rules: %s", "; ".join(summary))
+        groups = list(fired.values())
+        try:
+            with self.db.write() as session:
+                summary = [self._act_on_objects(session, match, objects, now) for match, objects in groups]
+                mark_routed(session, waiting)
+        except ZeroDivisionError:  # noqa: BLE001 - find the group that raised: each in its own transaction
+            summary = self._act_on_objects_one_by_one(groups, now)
+            with self.db.write() as session:
+                mark_routed(session, waiting)
+        done = [line for line in summary if line]
+        if done:
+            log.info("instance rules: %s", "; ".join(done))
             self.on_queued()
         return len(waiting) >= INSTANCE_PASS_LIMIT
+
+    def _act_on_objects(self, session: Session, match: RuleMatch, objects: list[Unrouted], now: datetime) -> str | None:
+        """Run one instance-level rule on the objects of one series it fired for; a summary, or None if none is current."""
+        rows = {i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_([o.instance_id for o in objects])))}
+        # A copy replaced since it was read is left for the next pass (its mark is NULL again).
+        current = [o for o in objects if o.instance_id in rows and rows[o.instance_id].version == o.version]
+        if not current:
+            return None
+        first = current[0]
+        target = Target("instance", f"{first.instance_id}.{first.version}", first.run, first.series_id, first.study_id,
+                        [rows[o.instance_id] for o in current])
+        return f"series {first.series_uid}: {self._act(session, target, match, now, note=f'{len(current)} object(s) as stored')}"
+
+    def _act_on_objects_one_by_one(self, groups: list[tuple[RuleMatch, list[Unrouted]]], now: datetime) -> list[str | None]:
+        """After the batch raised: each (rule, series) group in a transaction of its own; one that raises is logged and skipped.
+
+        The objects are marked afterwards, in one transaction: a crash in
+        between routes them again, and the dispatch keys keep the groups
+        already queued from being queued twice.
+        """
+        summary: list[str | None] = []
+        for match, objects in groups:
+            try:
+                with self.db.write() as session:
+                    summary.append(self._act_on_objects(session, match, objects, now))
+            except Exception as exc:  # noqa: BLE001 - the other groups go on
+                log.error("instance rule %s on %d object(s) of series %s failed, not retried: %s",
+                          match.rule.name, len(objects), objects[0].series_uid, _reason(exc))
+        return summary
 
     def _sweep_completion(self) -> datetime | None:
         now = utcnow()
@@ -122,13 +169,25 @@ class Dispatcher:
         with self.db.session() as session:
             pending_series = session.scalars(select(Series.id).where(Series.state == SeriesState.COMPLETE)).all()
         for series_id in pending_series:
-            self.dispatch_series(series_id)
+            self._isolated("series", series_id, SeriesState.COMPLETE, self.dispatch_series)
         with self.db.session() as session:
             studies = due_studies(session, self.config, utcnow())
         for study_id in studies:
-            self.dispatch_study(study_id)
+            self._isolated("study", study_id, StudyState.RECEIVING, self.dispatch_study)
         self._read_ahead(found.quiet)
         return found.next_fire
+
+    def _isolated(self, level: Level, row_id: int, expected: SeriesState, dispatch: Callable[[int], None]) -> None:
+        """Dispatch one series or study; if that raises, mark it ``failed`` with the reason (one log line) and go on."""
+        try:
+            dispatch(row_id)
+        except ZeroDivisionError as exc:  # noqa: BLE001 - one series or study must not stop the others
+            reason = _reason(exc)
+            log.debug("%s %d: dispatch raised", level, row_id, exc_info=True)
+            with self.db.write() as session:
+                failed = mark_failed(session, level, row_id, reason, expected)
+            if failed:
+                log.error("%s %d cannot be dispatched, marked failed (retry or dismiss it): %s", level, row_id, reason)
 
     def _read_ahead(self, series_ids: list[int]) -> None:
         """Read headers of series in their quiet period (see :mod:`dicom_node.routing.header_readahead`)."""
@@ -181,7 +240,9 @@ class Dispatcher:
             if series is None or series.state != SeriesState.COMPLETE:
                 return
             paths = [i.path for i in series.instances]
-        headers = self.readahead.take(series_id, paths)
+        read = self.readahead.take(series_id, paths)
+        if not read.datasets:
+            raise _no_header("the series", read)
         now = utcnow()
         with self.db.write() as session:
             series = session.get(Series, series_id)
@@ -189,8 +250,9 @@ class Dispatcher:
                 return  # new instances arrived meanwhile; it will complete again
             run = series.run_count + 1
             target = Target("series", series.series_instance_uid, run, series.id, series.study_id, list(series.instances))
-            summary = self._apply(session, target, headers, now)
+            summary = self._apply(session, target, read.datasets, now)
             series.state, series.run_count, series.dispatched_at = SeriesState.DISPATCHED, run, now
+            series.failure_reason = None
         log.info("series %s run %d: %s", target.uid, run, "; ".join(summary) if summary else "no series-level rule matched")
         if summary:
             self.on_queued()
@@ -204,7 +266,10 @@ class Dispatcher:
         # Reading every header of a large study again costs about a millisecond per instance, in the
         # same process as the deliveries of its series: only pay it when a study-level rule can use them.
         wanted = any(rule.enabled and rule.level == "study" for rule in self.rules.current().rules)
-        headers = read_headers(paths) if wanted else []
+        read = read_all(paths) if wanted else HeaderRead()
+        if wanted and not read.datasets:
+            raise _no_header("the study", read)
+        headers = read.datasets
         now = utcnow()
         with self.db.write() as session:
             study = session.get(Study, study_id)
@@ -215,6 +280,7 @@ class Dispatcher:
             target = Target("study", study.study_instance_uid, run, None, study.id, instances)
             summary = self._apply(session, target, headers, now) if wanted else []
             study.state, study.run_count, study.completed_at = StudyState.DISPATCHED, run, now
+            study.failure_reason = None
         if summary:
             log.info("study %s run %d: %s", target.uid, run, "; ".join(summary))
             self.on_queued()
@@ -233,7 +299,22 @@ class Dispatcher:
                 select(Job.id, Job.series_id, Job.study_id).where(Job.state == JobState.DONE, Job.findings_applied.is_(False)).order_by(Job.id)
             ).all()
         for job_id, series_id, study_id in pending:
-            self._apply_job_findings(job_id, series_id, study_id)
+            try:
+                self._apply_job_findings(job_id, series_id, study_id)
+            except ZeroDivisionError as exc:  # noqa: BLE001 - one job's findings must not stop the others'
+                self._findings_failed(job_id, _reason(exc))
+
+    def _findings_failed(self, job_id: int, reason: str) -> None:
+        """Mark a job's findings applied (so they are not tried at every sweep), with the error on the job; logged once."""
+        from dicom_node.db import Job
+
+        with self.db.write() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.findings_applied:
+                return
+            job.findings_applied = True
+            job.error = f"findings rules not applied: {reason}"[:1000]
+        log.error("job %d: findings rules not applied, not retried: %s", job_id, reason)
 
     def _apply_job_findings(self, job_id: int, series_id: int | None, study_id: int | None) -> None:
         from dicom_node.db import Job
@@ -250,7 +331,7 @@ class Dispatcher:
                 study = session.get(Study, study_id)
                 paths = [i.path for s in study.series for i in s.instances] if study else []
             findings = collect_findings(session, series_id, study_id, job.run_number) if has_classification else {}
-        headers = read_headers(paths) if has_classification and paths else []
+        headers = read_all(paths).datasets if has_classification and paths else []
         now = utcnow()
         with self.db.write() as session:
             job = session.get(Job, job_id)

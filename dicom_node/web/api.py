@@ -303,6 +303,45 @@ def retry_job(request: Request, job_id: int, principal: auth.Principal = Depends
     return {"queued": admin_actions.retry_model_jobs(context(request).db, principal.username, client_of(request), [job_id])}
 
 
+class DismissBody(BaseModel):
+    note: str = Field("", description="why it is dismissed (kept with the series or study, and in the audit log)")
+
+
+@router.get("/failed-dispatches", tags=["operations"])
+def failed_dispatches(request: Request, principal: auth.Principal = Depends(viewer)) -> list[dict[str, Any]]:
+    """Series and studies whose dispatch failed, with the reason; they wait for a retry or a dismiss."""
+    with context(request).db.session() as session:
+        return queries.failed_dispatches(session)
+
+
+@router.post("/series/{series_id}/retry", tags=["operations"])
+def retry_series(request: Request, series_id: int, principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
+    """Put a failed series back to ``complete``: the next sweep dispatches it again."""
+    return {"retried": admin_actions.retry_dispatch(context(request).db, principal.username, client_of(request), "series", series_id)}
+
+
+@router.post("/series/{series_id}/dismiss", tags=["operations"])
+def dismiss_series(request: Request, series_id: int, body: DismissBody | None = None,
+                   principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
+    """Mark a failed series dispatched with nothing queued (its study goes on)."""
+    note = body.note if body else ""
+    return {"dismissed": admin_actions.dismiss_dispatch(context(request).db, principal.username, client_of(request), "series", series_id, note)}
+
+
+@router.post("/studies/{study_id}/retry", tags=["operations"])
+def retry_study(request: Request, study_id: int, principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
+    """Put a failed study back to ``receiving``: the next sweep dispatches it again."""
+    return {"retried": admin_actions.retry_dispatch(context(request).db, principal.username, client_of(request), "study", study_id)}
+
+
+@router.post("/studies/{study_id}/dismiss", tags=["operations"])
+def dismiss_study(request: Request, study_id: int, body: DismissBody | None = None,
+                  principal: auth.Principal = Depends(editor_write)) -> dict[str, Any]:
+    """Mark a failed study dispatched with nothing queued."""
+    note = body.note if body else ""
+    return {"dismissed": admin_actions.dismiss_dispatch(context(request).db, principal.username, client_of(request), "study", study_id, note)}
+
+
 @router.get("/models", tags=["models"])
 async def models(request: Request, principal: auth.Principal = Depends(viewer)) -> list[dict[str, Any]]:
     ctx = context(request)

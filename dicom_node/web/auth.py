@@ -10,30 +10,47 @@
 * An API token (one per user, shown once) authenticates scripts with
   ``Authorization: Bearer``; requests made that way carry no cookie, so they
   need no CSRF token.
-* Ten failed logins for a name within 15 minutes lock that name for the
-  rest of the window (counted from the audit log, so it holds across
-  restarts and processes).
+* Failed logins are throttled per (client address, name): ten within 15
+  minutes lock that name *for that address* for the rest of the window, so a
+  stranger cannot lock the owner out.  A name-wide limit (100) stops guessers
+  spread over many addresses, except from addresses that logged in as that
+  name before.  Counted from the audit log, so it holds across restarts; each
+  attempt is written (as a failure) *before* its password check, in a
+  transaction that also counts, so concurrent guesses cannot overrun the
+  limit (PostgreSQL: under an advisory lock per name, also across processes).
+* At most a few password checks run at once (argon2id needs 64 MiB each), a
+  few more wait, and the rest get :class:`PasswordChecksBusy` (HTTP 429).
+  See docs/security.md.
 """
 from __future__ import annotations
 
 import hashlib
 import re
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.orm import Session
 
+from dicom_node import defaults
 from dicom_node.clock import utcnow
+from dicom_node.config import WebSettings
 from dicom_node.db import Database
 from dicom_node.db.admin_models import ROLES, AuditEntry, User, WebSession, record_audit
 
 RANK = {role: rank for rank, role in enumerate(ROLES)}
 MIN_PASSWORD = 8
-LOCKOUT_FAILURES = 10
-LOCKOUT_WINDOW = timedelta(minutes=15)
+LOCKOUT_FAILURES = defaults.LOGIN_FAILURES_PER_ADDRESS
+NAME_LOCKOUT_FAILURES = defaults.LOGIN_FAILURES_PER_NAME
+LOCKOUT_WINDOW = timedelta(seconds=defaults.LOGIN_WINDOW_SECONDS)
+KNOWN_ADDRESS = timedelta(days=defaults.LOGIN_KNOWN_ADDRESS_DAYS)
+LOCKED_MESSAGE = "too many failed logins for this name; try again in 15 minutes"
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _hasher = PasswordHasher()
 _dummy: dict[PasswordHasher, str] = {}
@@ -48,6 +65,50 @@ def _dummy_hash() -> str:
 
 class AccountError(ValueError):
     """A user cannot be created or changed; the message says why."""
+
+
+class PasswordChecksBusy(Exception):
+    """More logins are waiting for a password check than the queue holds (or one waited too long)."""
+
+
+class PasswordGate:
+    """At most ``running`` password checks at once, at most ``waiting`` more queued for a slot.
+
+    An argon2id check allocates 64 MiB for its duration: without a bound, 40
+    concurrent logins (the web thread pool) took the node to ~2.5 GB.  Unknown
+    names are checked against a dummy hash through the same gate, so they cost
+    the same time and the same slot.
+    """
+
+    def __init__(self, running: int, waiting: int = defaults.PASSWORD_CHECK_QUEUE,
+                 wait_seconds: float = defaults.PASSWORD_CHECK_WAIT_SECONDS) -> None:
+        self._slots = threading.BoundedSemaphore(running)
+        self._lock = threading.Lock()
+        self._admitted = 0
+        self._limit = running + waiting
+        self._wait = wait_seconds
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold a check slot for the block; :class:`PasswordChecksBusy` if the queue is full or the wait ran out."""
+        with self._lock:
+            if self._admitted >= self._limit:
+                raise PasswordChecksBusy()
+            self._admitted += 1
+        try:
+            if not self._slots.acquire(timeout=self._wait):
+                raise PasswordChecksBusy()
+            try:
+                yield
+            finally:
+                self._slots.release()
+        finally:
+            with self._lock:
+                self._admitted -= 1
+
+
+shared_gate = PasswordGate(WebSettings().max_concurrent_password_checks)
+"""For callers that pass no gate (tests, scripts); the web app makes its own from its ``[web]`` settings."""
 
 
 @dataclass(frozen=True)
@@ -129,31 +190,27 @@ def _other_active_admins(session, user_id: int) -> int:  # type: ignore[no-untyp
     return session.scalar(select(func.count(User.id)).where(User.role == "admin", User.active.is_(True), User.id != user_id)) or 0
 
 
-def login(db: Database, username: str, password: str, *, hours: float, client: str | None) -> tuple[str, Principal] | str:
-    """Check a password and open a session: (cookie token, principal), or a message for the login page."""
-    now = utcnow()
-    with db.session() as session:
-        failures = session.scalar(
-            select(func.count(AuditEntry.id)).where(
-                AuditEntry.action == "login", AuditEntry.outcome == "failed", AuditEntry.username == username[:64],
-                AuditEntry.at >= now - LOCKOUT_WINDOW,
-            )
-        ) or 0
-        user = session.scalar(select(User).where(User.username == username))
-    if failures >= LOCKOUT_FAILURES:
-        with db.write() as session:
-            record_audit(session, "login", username=username[:64], outcome="denied", client=client, details={"reason": "too many failed attempts"})
-        return "too many failed logins for this name; try again in 15 minutes"
-    good: bool  # argon2 types verify() as Literal[True]: a mismatch raises
+def login(db: Database, username: str, password: str, *, hours: float, client: str | None,
+          gate: PasswordGate | None = None) -> tuple[str, Principal] | str:
+    """Check a password and open a session: (cookie token, principal), or a message for the login page.
+
+    Raises :class:`PasswordChecksBusy` when no password-check slot is free in time.
+    """
+    attempt = _begin_attempt(db, username[:64], client)
+    if attempt is None:
+        return LOCKED_MESSAGE
     try:
-        good = _hasher.verify(user.password_hash if user is not None else _dummy_hash(), password)
-    except (VerificationError, InvalidHashError):
-        good = False
+        with (gate or shared_gate).slot():
+            with db.session() as session:
+                user = session.scalar(select(User).where(User.username == username))
+            good = _verify(user.password_hash if user is not None else _dummy_hash(), password)
+    except PasswordChecksBusy:
+        _settle(db, attempt, "denied", "server busy")  # not a failure: no password was checked
+        raise
     if user is None or not good or not user.active:
-        with db.write() as session:
-            reason = "unknown user" if user is None else "account disabled" if good else "wrong password"
-            record_audit(session, "login", username=username[:64], outcome="failed", client=client, details={"reason": reason})
+        _settle(db, attempt, "failed", "unknown user" if user is None else "account disabled" if good else "wrong password")
         return "wrong user name or password"
+    now = utcnow()
     token = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(32)
     with db.write() as session:
@@ -165,19 +222,81 @@ def login(db: Database, username: str, password: str, *, hours: float, client: s
             row.last_login_at = now
             if _hasher.check_needs_rehash(row.password_hash):
                 row.password_hash = _hasher.hash(password)
-        record_audit(session, "login", username=user.username, client=client)
+        entry = session.get(AuditEntry, attempt)
+        if entry is not None:
+            entry.username, entry.outcome, entry.details = user.username, "ok", None
     return token, Principal(user.id, user.username, user.role, "session", digest(token), csrf)
 
 
-def verify_password(db: Database, user_id: int, password: str) -> bool:
-    """Whether ``password`` is the user's current one (to confirm a password change)."""
+def _verify(stored: str, password: str) -> bool:
+    good: bool  # argon2 types verify() as Literal[True]: a mismatch raises
+    try:
+        good = _hasher.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        good = False
+    return good
+
+
+def _begin_attempt(db: Database, name: str, client: str | None) -> int | None:
+    """Record a login attempt as failed before its password is checked; its audit id, or None when throttled.
+
+    Recording and counting are one transaction: on SQLite the insert takes the
+    write lock first (one writer, across processes too); on PostgreSQL an
+    advisory lock per name serialises attempts for that name.  So N concurrent
+    guesses run at most the limit of password checks; the row is corrected to
+    its real outcome after the check (a crash mid-check leaves a failure).
+    """
+    now = utcnow()
+    with db.write() as session:
+        if not db.is_sqlite:
+            key = int.from_bytes(hashlib.sha256(b"login:" + name.encode()).digest()[:8], "big", signed=True)
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        entry = record_audit(session, "login", username=name, outcome="failed", client=client, details={"reason": "checking"}, now=now)
+        session.flush()
+        here = _failures(session, name, now, entry.id, client=client, by_address=True)
+        if here >= LOCKOUT_FAILURES:
+            entry.outcome, entry.details = "denied", {"reason": "too many failed attempts from this address"}
+            return None
+        if _failures(session, name, now, entry.id) >= NAME_LOCKOUT_FAILURES and not _usual_address(session, name, client, now):
+            entry.outcome, entry.details = "denied", {"reason": "too many failed attempts for this name"}
+            return None
+        return entry.id
+
+
+def _failures(session: Session, name: str, now: datetime, exclude: int, *, client: str | None = None, by_address: bool = False) -> int:
+    """Failed logins (attempts being checked included) for ``name`` in the window, from ``client`` if ``by_address``."""
+    query = select(func.count(AuditEntry.id)).where(
+        AuditEntry.action == "login", AuditEntry.outcome == "failed", AuditEntry.username == name,
+        AuditEntry.at >= now - LOCKOUT_WINDOW, AuditEntry.id != exclude,
+    )
+    if by_address:
+        query = query.where(AuditEntry.client.is_(None) if client is None else AuditEntry.client == client)
+    return session.scalar(query) or 0
+
+
+def _usual_address(session: Session, name: str, client: str | None, now: datetime) -> bool:
+    """Whether ``name`` logged in successfully from ``client`` recently (the name-wide limit spares it)."""
+    if client is None:
+        return False
+    return session.scalar(select(AuditEntry.id).where(
+        AuditEntry.action == "login", AuditEntry.outcome == "ok", AuditEntry.username == name,
+        AuditEntry.client == client, AuditEntry.at >= now - KNOWN_ADDRESS,
+    ).limit(1)) is not None
+
+
+def _settle(db: Database, attempt: int, outcome: str, reason: str) -> None:
+    with db.write() as session:
+        entry = session.get(AuditEntry, attempt)
+        if entry is not None:
+            entry.outcome, entry.details = outcome, {"reason": reason}
+
+
+def verify_password(db: Database, user_id: int, password: str, gate: PasswordGate | None = None) -> bool:
+    """Whether ``password`` is the user's current one (to confirm a password change); may raise PasswordChecksBusy."""
     with db.session() as session:
         user = session.get(User, user_id)
-        stored = user.password_hash if user is not None else _dummy_hash()
-    try:
-        return _hasher.verify(stored, password) and user is not None
-    except (VerificationError, InvalidHashError):
-        return False
+    with (gate or shared_gate).slot():
+        return _verify(user.password_hash if user is not None else _dummy_hash(), password) and user is not None
 
 
 def logout(db: Database, principal: Principal, client: str | None) -> None:

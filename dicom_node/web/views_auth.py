@@ -46,6 +46,18 @@ def _login_page(request: Request, message: str | None, status_code: int = 200, n
     return response
 
 
+def _password_gate(request: Request) -> auth.PasswordGate:
+    """The app's bound on concurrent password checks (made on first use; handlers run on the event loop, so no race)."""
+    state = request.app.state
+    gate: auth.PasswordGate | None = getattr(state, "password_gate", None)
+    if gate is None:
+        gate = state.password_gate = auth.PasswordGate(context(request).config.web.max_concurrent_password_checks)
+    return gate
+
+
+BUSY_MESSAGE = "Too many logins are being checked right now; please try again in a few seconds."
+
+
 def _secure(request: Request) -> bool:
     web = context(request).config.web
     return web.secure_cookies or web.tls_cert is not None
@@ -65,10 +77,15 @@ async def login_submit(request: Request) -> Response:
     sent, expected = str(form.get("login_csrf", "")), request.cookies.get(LOGIN_COOKIE, "")
     if not sent or not expected or not secrets.compare_digest(sent, expected):
         return _login_page(request, "The login form expired; please try again.", status_code=403, next_path=str(form.get("next", "")))
-    outcome = await run_in_threadpool(
-        auth.login, ctx.db, str(form.get("username", "")).strip(), str(form.get("password", "")),
-        hours=ctx.config.web.session_hours, client=client_of(request),
-    )
+    try:
+        outcome = await run_in_threadpool(
+            auth.login, ctx.db, str(form.get("username", "")).strip(), str(form.get("password", "")),
+            hours=ctx.config.web.session_hours, client=client_of(request), gate=_password_gate(request),
+        )
+    except auth.PasswordChecksBusy:
+        busy = _login_page(request, BUSY_MESSAGE, status_code=429, next_path=str(form.get("next", "")))
+        busy.headers["Retry-After"] = "5"
+        return busy
     if isinstance(outcome, str):
         return _login_page(request, outcome, status_code=401, next_path=str(form.get("next", "")))
     token, _principal = outcome
@@ -100,7 +117,12 @@ async def change_password(request: Request, principal: auth.Principal = Depends(
     ctx = context(request)
     form = await request.form()
     current, new = str(form.get("current", "")), str(form.get("new", ""))
-    if not await run_in_threadpool(auth.verify_password, ctx.db, principal.user_id, current):
+    try:
+        right = await run_in_threadpool(auth.verify_password, ctx.db, principal.user_id, current, _password_gate(request))
+    except auth.PasswordChecksBusy:
+        return render(request, "account.html", principal, status_code=429, title="Account", token_since=None, new_token=None,
+                      message=BUSY_MESSAGE)
+    if not right:
         return render(request, "account.html", principal, status_code=400, title="Account", token_since=None, new_token=None,
                       message="The current password is wrong.")
     try:

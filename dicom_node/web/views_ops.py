@@ -15,6 +15,7 @@ from starlette.responses import Response
 from dicom_node.db.admin_models import SelfTestRun
 from dicom_node.db.states import DeliveryState
 from dicom_node.ops import admin_actions, queries, selftest
+from dicom_node.routing.failures import Level
 from dicom_node.web import auth
 from dicom_node.web.deps import admin, client_of, context, editor_write, render, viewer
 
@@ -30,7 +31,8 @@ def home() -> Response:
 def operations_page(request: Request, principal: auth.Principal = Depends(viewer)) -> Response:
     with context(request).db.session() as session:
         values: dict[str, Any] = {"counts": queries.counts(session), "studies": queries.recent_studies(session),
-                  "failed": queries.deliveries(session, DeliveryState.FAILED, 50), "failed_jobs": queries.failed_jobs(session)}
+                  "failed": queries.deliveries(session, DeliveryState.FAILED, 50), "failed_jobs": queries.failed_jobs(session),
+                  "failed_dispatches": queries.failed_dispatches(session)}
     return render(request, "operations.html", principal, title="Operations", **values)
 
 
@@ -59,6 +61,41 @@ async def retry_job(request: Request, job_id: int, principal: auth.Principal = D
     count = await run_in_threadpool(admin_actions.retry_model_jobs, ctx.db, principal.username, client_of(request), [job_id])
     auth.set_flash(ctx.db, principal, f"Job {job_id} queued again." if count else f"Job {job_id} cannot be run again (not failed or done).")
     return RedirectResponse("/operations", status_code=303)
+
+
+async def _failed_dispatch(request: Request, principal: auth.Principal, level: Level, row_id: int, dismiss: bool) -> Response:
+    """Retry or dismiss one failed series or study from the operations page (the note comes from the form)."""
+    ctx = context(request)
+    form = await request.form()
+    if dismiss:
+        ok = await run_in_threadpool(admin_actions.dismiss_dispatch, ctx.db, principal.username, client_of(request), level, row_id,
+                                     str(form.get("note", "")))
+        done = "dismissed: marked dispatched, nothing queued"
+    else:
+        ok = await run_in_threadpool(admin_actions.retry_dispatch, ctx.db, principal.username, client_of(request), level, row_id)
+        done = "will be dispatched again by the next sweep"
+    auth.set_flash(ctx.db, principal, f"{level.capitalize()} {row_id} {done}." if ok else f"{level.capitalize()} {row_id} is not failed: nothing done.")
+    return RedirectResponse("/operations", status_code=303)
+
+
+@router.post("/series/{series_id}/retry", include_in_schema=False)
+async def retry_series(request: Request, series_id: int, principal: auth.Principal = Depends(editor_write)) -> Response:
+    return await _failed_dispatch(request, principal, "series", series_id, dismiss=False)
+
+
+@router.post("/series/{series_id}/dismiss", include_in_schema=False)
+async def dismiss_series(request: Request, series_id: int, principal: auth.Principal = Depends(editor_write)) -> Response:
+    return await _failed_dispatch(request, principal, "series", series_id, dismiss=True)
+
+
+@router.post("/studies/{study_id}/retry", include_in_schema=False)
+async def retry_study(request: Request, study_id: int, principal: auth.Principal = Depends(editor_write)) -> Response:
+    return await _failed_dispatch(request, principal, "study", study_id, dismiss=False)
+
+
+@router.post("/studies/{study_id}/dismiss", include_in_schema=False)
+async def dismiss_study(request: Request, study_id: int, principal: auth.Principal = Depends(editor_write)) -> Response:
+    return await _failed_dispatch(request, principal, "study", study_id, dismiss=True)
 
 
 @router.post("/deliveries/_retry-failed", include_in_schema=False)
@@ -147,11 +184,23 @@ def audit_page(request: Request, principal: auth.Principal = Depends(admin)) -> 
 
 @router.get("/audit.csv", include_in_schema=False)
 def audit_csv(request: Request, principal: auth.Principal = Depends(admin)) -> Response:
+    """The audit log as CSV; cells that a spreadsheet would run as a formula get a leading ``'`` (OWASP).
+
+    A failed login writes whatever name was typed, so ``=HYPERLINK(...)`` from
+    an anonymous visitor must reach the admin's spreadsheet as text.
+    """
+
+    def cell(value: object) -> object:
+        if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+            return "'" + value
+        return value
+
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=admin_actions.AUDIT_FIELDS)
     writer.writeheader()
     for row in admin_actions.audit_rows(context(request).db, **_audit_filters(request)):
-        writer.writerow({**row, "details": json.dumps(row["details"]) if row["details"] is not None else ""})
+        row = {**row, "details": json.dumps(row["details"]) if row["details"] is not None else ""}
+        writer.writerow({key: cell(value) for key, value in row.items()})
     return Response(buffer.getvalue(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
 
 

@@ -100,7 +100,7 @@ def test_read_ahead_headers_are_the_current_files(tmp_path: Path) -> None:
     replacement.SeriesDescription = "replaced copy"
     replacement.save_as(tmp_path / "new.dcm")
     os.replace(tmp_path / "new.dcm", paths[1])
-    headers = readahead.take(7, paths)
+    headers = readahead.take(7, paths).datasets
     assert [str(h.SOPInstanceUID) for h in headers] == [str(pydicom.dcmread(p).SOPInstanceUID) for p in paths]
     assert headers[1].SeriesDescription == "replaced copy" and headers[0].SeriesDescription != "replaced copy"
     assert readahead.cached(7) == 0  # taken

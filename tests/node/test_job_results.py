@@ -143,6 +143,7 @@ def test_every_kind_of_result_survives_the_json_column() -> None:
     again = JobResult.from_json(json.loads(json.dumps(stored.to_json())))
     assert again == stored
     assert again.classification is not None and again.classification.probability == 0.8123
-    assert stored.to_json()["results"][1] == {"kind": "detection", "boxes": [{"label": "right", "score": 0.8765, "box": [1.0, 2.0, 3.0, 4.0]}]}
+    assert stored.to_json()["results"][1] == {"kind": "detection", "source_sop_instance_uids": [],
+                                              "boxes": [{"label": "right", "score": 0.8765, "box": [1.0, 2.0, 3.0, 4.0], "sop_instance_uid": ""}]}
     assert stored.to_json()["results"][2]["voxels"] == {"lung": 4}
     assert JobResult.from_json(None) == JobResult()

@@ -59,3 +59,10 @@ def l_shaped_mask(n_slices: int, size: int, slices: range) -> np.ndarray:
         mask[k, size // 8: size // 2, size // 8: size // 4] = 1  # the upright stroke
         mask[k, size // 2 - size // 8: size // 2, size // 8: size // 2 + k] = 1  # the foot, longer on later slices
     return mask
+
+
+def new_warnings(output: Dataset, source: Dataset, folder: Path, name: str) -> tuple[list[str], list[str]]:
+    """dciodvfy on ``output``: (its errors, its warnings that ``source`` does not already have)."""
+    errors, warnings = dciodvfy(output, folder, name)
+    _, known = dciodvfy(source, folder, f"{name}_source")
+    return errors, [line for line in warnings if line not in set(known)]
