@@ -36,6 +36,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time via globals()
 
@@ -46,7 +47,9 @@ from dicom_node.receive import pynetdicom_patches
 from dicom_node.receive.file_meta import received_file_meta
 from dicom_node.receive.identifiers import Identifiers, read_identifiers
 from dicom_node.receive.ingest import InstanceHeader, fast_recorder, record_instance
+from dicom_node.receive.server import ConnectionLimits, NodeServer
 from dicom_node.receive.spool import Spool, SpoolError, disk_state
+from dicom_node.receive.structure import refusal
 
 log = logging.getLogger("dicom_node.receive.scp")
 
@@ -119,6 +122,29 @@ def _identifiers(event: evt.Event) -> Identifiers:
     return Identifiers(text("StudyInstanceUID"), text("SeriesInstanceUID"), text("SOPInstanceUID"), text("Modality"), text("SeriesDescription"))
 
 
+END_RELEASED = "released"
+END_PEER_ABORT = "peer-abort"  # an A-ABORT from the peer
+END_CONNECTION_LOST = "connection-lost"  # TCP closed or reset, or a read timed out in the middle of a PDU
+END_PROTOCOL_ERROR = "protocol-error"  # we aborted a PDU over our limits (set by pynetdicom_patches)
+END_IDLE_TIMEOUT = "idle-timeout"  # silent for network_timeout_seconds
+END_ABORTED = "aborted"  # we aborted for another reason
+
+
+def end_reason(event: evt.Event) -> str:
+    """The association's ``end_reason`` as far as is known at this event (at most 16 characters)."""
+    assoc = event.assoc
+    if event.event.name == "EVT_RELEASED" or assoc.is_released:
+        return END_RELEASED
+    noted = getattr(assoc, "node_end_reason", None)
+    if noted:
+        return str(noted)
+    if event.event.name == "EVT_CONN_CLOSE":
+        return END_CONNECTION_LOST
+    if assoc.dul.idle_timer_expired():
+        return END_IDLE_TIMEOUT
+    return END_ABORTED
+
+
 class Receiver:
     """Owns the pynetdicom AE and the handlers bound to it."""
 
@@ -138,6 +164,7 @@ class Receiver:
         ae.maximum_associations = self.config.node.max_associations
         ae.network_timeout = self.config.node.network_timeout_seconds
         ae.dimse_timeout = self.config.node.dimse_timeout_seconds
+        ae.acse_timeout = self.config.node.artim_seconds  # pynetdicom's ARTIM: its waits for A-ASSOCIATE and for the close
         ae.require_called_aet = False  # checked per listener in _on_requested
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None  # pynetdicom builds each of these from a SOP class UID
@@ -193,23 +220,42 @@ class Receiver:
         event.assoc.node_series = {}  # type: ignore[attr-defined]
         log.info("association %d from %s@%s:%d", row.id, row.calling_ae, rq.address, rq.port)
 
+    def _on_acse_recv(self, event: evt.Event) -> None:
+        """Note how an association is ending when the abort reaches the association thread (before EVT_ABORTED)."""
+        primitive = getattr(event, "primitive", None)
+        if isinstance(primitive, A_P_ABORT):
+            event.assoc.node_end_reason = getattr(event.assoc, "node_end_reason", None) or END_CONNECTION_LOST  # type: ignore[attr-defined]
+        elif isinstance(primitive, A_ABORT):
+            event.assoc.node_end_reason = getattr(event.assoc, "node_end_reason", None) or END_PEER_ABORT  # type: ignore[attr-defined]
+
     def _on_ended(self, event: evt.Event) -> None:
+        """Record the end: at most once finally (EVT_RELEASED / EVT_ABORTED), once before that at EVT_CONN_CLOSE.
+
+        pynetdicom fires EVT_CONN_CLOSE from the DUL as soon as a peer's
+        A-ABORT or a lost connection is seen, before the association thread
+        fires EVT_ABORTED; so a close is recorded provisionally and the final
+        event corrects its reason.
+        """
         assoc_id = getattr(event.assoc, "node_association_id", None)
         if assoc_id is None:
             return
+        final = event.event.name != "EVT_CONN_CLOSE"
         with self._lock:
-            if getattr(event.assoc, "node_closed", False):
+            recorded = getattr(event.assoc, "node_closed", None)
+            if recorded == "final" or (recorded and not final):
                 return
-            event.assoc.node_closed = True  # type: ignore[attr-defined]
+            event.assoc.node_closed = "final" if final else "provisional"  # type: ignore[attr-defined]
+        reason = end_reason(event)
         received, failures = event.assoc.node_counts  # type: ignore[attr-defined]
         with self.db.write() as session:
             row = session.get(Association, assoc_id)
             if row is not None:
                 row.ended_at = utcnow()
-                row.end_reason = "aborted" if event.event.name == "EVT_ABORTED" else "released"
+                row.end_reason = reason
                 row.instances_received = received
                 row.failures = failures
-        log.info("association %d ended (%s): %d stored, %d failed", assoc_id, event.event.name, received, failures)
+        if final or recorded is None:
+            log.info("association %d ended (%s): %d stored, %d failed", assoc_id, reason, received, failures)
 
     # --- DIMSE ------------------------------------------------------------------------------------
 
@@ -230,6 +276,11 @@ class Receiver:
         if listener is not None and listener.sop_classes and sop_class not in listener.sop_classes:
             log.warning("C-STORE %s refused: SOP class %s not accepted by %s", sop_uid, sop_class, listener.ae_title)
             return STATUS_SOP_CLASS_REFUSED
+        with cast(BytesIO, request.DataSet).getbuffer() as data:  # released at once: pydicom may read the stream next
+            refused = refusal(data, transfer_syntax=event.context.transfer_syntax, sop_class_uid=sop_class)
+        if refused is not None:
+            log.error("C-STORE %s refused: %s", sop_uid, refused.reason)
+            return refused.status
         try:
             ids = _identifiers(event)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
@@ -269,14 +320,14 @@ class Receiver:
                 series_id, study_id = known[header.series_uid]
                 outcome = self._fast_recorder.record(
                     header, series_id=series_id, study_id=study_id, path=str(path), size=stored.size,
-                    association_id=assoc_id, now=now,
+                    association_id=assoc_id, now=now, digest=stored.digest,
                 )
             if outcome is None:  # the fast path changed nothing; the general path decides
                 with self.db.write() as session:
                     outcome = record_instance(
                         session, header, path=str(path), size=stored.size, association_id=assoc_id,
                         called_ae=called, calling_ae=event.assoc.requestor.ae_title.strip(),
-                        late_policy=self.config.completion_for(called).late_instances, now=now,
+                        late_policy=self.config.completion_for(called).late_instances, now=now, digest=stored.digest,
                     )
             if not outcome.late:
                 known[header.series_uid] = (outcome.series_id, outcome.study_id)
@@ -298,15 +349,30 @@ class Receiver:
             (evt.EVT_RELEASED, self._on_ended),
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_CONN_CLOSE, self._on_ended),
+            (evt.EVT_ACSE_RECV, self._on_acse_recv),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
 
     def start(self, block: bool = True) -> Any:
         pynetdicom_patches.install()
+        pynetdicom_patches.install_pdu_limits()
+        node = self.config.node
+        limits = ConnectionLimits(
+            artim_seconds=node.artim_seconds, read_timeout_seconds=node.network_timeout_seconds,
+            max_pending=node.max_pending_connections, max_pending_per_host=node.max_pending_per_host,
+        )
         log.info("listening on %s:%d as %s", self.config.bind, self.config.port, ", ".join(listener.ae_title for listener in self.config.listeners))
-        self._server = self.ae.start_server((self.config.bind, self.config.port), block=block, evt_handlers=self.handlers())
-        return self._server
+        server = self.ae.make_server(
+            (self.config.bind, self.config.port), evt_handlers=self.handlers(), server_class=NodeServer, limits=limits,
+        )
+        self.ae._servers.append(server)  # as AE.start_server does: the server's shutdown() takes it out again
+        self._server = server
+        if block:
+            server.serve_forever()
+        else:
+            threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
+        return server
 
     def stop(self) -> None:
         if self._server is not None:

@@ -110,7 +110,7 @@ class Dispatcher:
                 continue
             try:
                 matches = ruleset.evaluate(SeriesHeaders.from_datasets([header]), level="instance")
-            except ZeroDivisionError as exc:  # noqa: BLE001 - one object the rules cannot judge must not stop the others
+            except Exception as exc:  # noqa: BLE001 - one object the rules cannot judge must not stop the others
                 log.error("instance rules cannot judge %s (series %s), skipped: %s", obj.path, obj.series_uid, _reason(exc))
                 continue
             for match in matches:
@@ -121,7 +121,7 @@ class Dispatcher:
             with self.db.write() as session:
                 summary = [self._act_on_objects(session, match, objects, now) for match, objects in groups]
                 mark_routed(session, waiting)
-        except ZeroDivisionError:  # noqa: BLE001 - find the group that raised: each in its own transaction
+        except Exception:  # noqa: BLE001 - find the group that raised: each in its own transaction
             summary = self._act_on_objects_one_by_one(groups, now)
             with self.db.write() as session:
                 mark_routed(session, waiting)
@@ -181,7 +181,7 @@ class Dispatcher:
         """Dispatch one series or study; if that raises, mark it ``failed`` with the reason (one log line) and go on."""
         try:
             dispatch(row_id)
-        except ZeroDivisionError as exc:  # noqa: BLE001 - one series or study must not stop the others
+        except Exception as exc:  # noqa: BLE001 - one series or study must not stop the others
             reason = _reason(exc)
             log.debug("%s %d: dispatch raised", level, row_id, exc_info=True)
             with self.db.write() as session:
@@ -301,7 +301,7 @@ class Dispatcher:
         for job_id, series_id, study_id in pending:
             try:
                 self._apply_job_findings(job_id, series_id, study_id)
-            except ZeroDivisionError as exc:  # noqa: BLE001 - one job's findings must not stop the others'
+            except Exception as exc:  # noqa: BLE001 - one job's findings must not stop the others'
                 self._findings_failed(job_id, _reason(exc))
 
     def _findings_failed(self, job_id: int, reason: str) -> None:

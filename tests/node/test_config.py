@@ -120,7 +120,7 @@ def test_invalid_config_names_the_field(tmp_path: Path, text: str, field: str) -
         ({"node": {"port": "11112"}}, "node.port: expected int, got str '11112'"),
         ({"node": {"max_associations": 0}}, "node.max_associations: must be > 0, got 0"),
         ({"delivery": {"batch_size": 1.5}}, "delivery.batch_size: expected int, got float 1.5"),
-        ({"node": {"portt": 1}}, "node: unknown field(s) ['portt']; known: ['ae_title', 'bind', 'dimse_timeout_seconds', "),
+        ({"node": {"portt": 1}}, "node: unknown field(s) ['portt']; known: ['ae_title', 'artim_seconds', 'bind', 'dimse_timeout_seconds', "),
         ({"destinations": {"pacs": {"type": "ftp"}}}, "destinations.pacs.type: must be 'dicom' or 'folder', got 'ftp'"),
         ({"destinations": {"pacs": "archive"}}, "destinations.pacs: expected table, got str 'archive'"),
         ({"completion": {"late_instances": "never"}}, "completion.late_instances: must be 'ignore', 'rerun' or 'replace', got 'never'"),

@@ -27,6 +27,7 @@ from dicom_node.ops.synthetic import chest_ct_series, chest_dx, write_datasets
 from dicom_node.receive.ingest import InstanceHeader, record_instance
 from dicom_node.routing.actions import Target, forward_action
 from dicom_node.routing.dispatcher import Dispatcher
+from dicom_node.routing.header_readahead import HeaderReadahead
 from routing_rules import RuleSet, parse_rules_text
 
 T0 = datetime(2026, 12, 3, 12, 0, 0)  # long past: every series and study is due at the first sweep
@@ -318,3 +319,15 @@ def test_an_object_the_rules_cannot_judge_does_not_hold_the_others(node, tmp_pat
         assert len(session.scalars(select(Delivery)).all()) == 2
         assert queries.instances_awaiting_instance_rules(session) == 0
     assert _errors(caplog, "instance rules cannot judge") == 1
+
+
+def test_read_ahead_logs_an_unreadable_file_once_and_dispatch_gets_its_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good, bad = (str(p) for p in write_datasets(chest_ct_series(2, 32, seed=8), tmp_path / "ct", "CT"))
+    Path(bad).write_bytes(b"damaged")
+    readahead = HeaderReadahead(budget_seconds=60)
+    caplog.set_level(logging.ERROR, "dicom_node")
+    for _ in range(5):  # one sweep after another during the quiet period
+        readahead.read_ahead({3: [good, bad]})
+    read = readahead.take(3, [good, bad])
+    assert len(read.datasets) == 1 and list(read.unreadable) == [bad] and "InvalidDicomError" in read.unreadable[bad]
+    assert _errors(caplog, "cannot read header of") == 1
