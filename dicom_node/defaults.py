@@ -100,3 +100,10 @@ MAX_CONTROL_PDU_BYTES = 64 << 10
 """Largest A-ASSOCIATE-RQ (and any PDU other than P-DATA-TF) the receiver reads: a request with the
 128 presentation contexts DICOM allows and a few transfer syntaxes each is about 20 KiB, so a
 length field above this is an attack or garbage, and is refused before any of it is buffered."""
+
+# --- deflated datasets ---------------------------------------------------------------------------
+
+HEADER_INFLATE_BYTES = 16 << 20
+"""Most bytes of a deflated dataset inflated to read its header (rules, recovery, dry runs): real
+headers are kilobytes, a few megabytes with large private blocks or sequences; the pixel data after
+them is never inflated for a header."""

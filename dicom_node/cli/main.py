@@ -266,8 +266,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
-    import pydicom
-
+    from dicom_node.receive.headers import read_header
     from dicom_node.routing.actions import NODE_ACTIONS
     from routing_rules.headers import SeriesHeaders
     from routing_rules.loader import load_rules
@@ -276,7 +275,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     ruleset = load_rules(config.rules_folder, destinations=set(config.destinations), registry=NODE_ACTIONS, known_models=_model_names())
     groups: dict[str, list[Any]] = {}
     for path in _collect_files(args.paths):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_header(path)
         groups.setdefault(str(ds.get("SeriesInstanceUID", "?")), []).append(ds)
     if not groups:
         print("no DICOM files found", file=sys.stderr)

@@ -105,7 +105,7 @@ class Instance(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     late: Mapped[bool] = mapped_column(default=False)
     routed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # BLAKE2b of the stored dataset bytes (hex; NULL for copies stored before digests were kept):
+    # SHA-256 (first 16 bytes) of the stored dataset bytes (hex; NULL for copies stored before digests were kept):
     # a byte-identical resend is a duplicate that changes nothing
     digest: Mapped[str | None] = mapped_column(String(32), nullable=True)
     series: Mapped[Series] = relationship(back_populates="instances")

@@ -39,6 +39,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # m
 from dicom_node.config import Destination, DicomDestination, FolderDestination
 from dicom_node.delivery.store_scu import AssociationError, StoreAssociation
 from dicom_node.receive.file_meta import FileInfo, file_info, read_file_info
+from dicom_node.receive.headers import read_header
 from dicom_node.receive.spool import PREAMBLE_LENGTH, Spool, parse_spool_preamble, preamble_digest
 
 log = logging.getLogger("dicom_node.delivery.send")
@@ -226,7 +227,7 @@ def send_folder(destination: FolderDestination, paths: list[str], on_result: Cal
     for index, path in enumerate(paths):
         start = time.perf_counter()
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+            ds = read_header(path, specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
             target = spool.path_for(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
             tmp = spool.tmp / f"{os.getpid()}-{target.name}.part"
             shutil.copyfile(path, tmp)

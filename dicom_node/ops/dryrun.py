@@ -7,16 +7,15 @@ files of a stored series (pixel data is not read) or from uploaded files.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.db import Database, Series
 from dicom_node.defaults import DRY_RUN_MAX_FILES
 from dicom_node.ops import queries
+from dicom_node.receive.headers import read_header
 from routing_rules import RuleSet, SeriesHeaders, StudyHeaders
 
 
@@ -39,7 +38,7 @@ def _read(paths: list[str]) -> tuple[list[Dataset], list[str]]:
     problems: list[str] = []
     for path in paths:
         try:
-            out.append(pydicom.dcmread(path, stop_before_pixels=True))
+            out.append(read_header(path))
         except Exception as exc:  # noqa: BLE001 - a spool file may have been cleaned up
             problems.append(f"cannot read {path}: {exc}")
     return out, problems
@@ -67,7 +66,7 @@ def from_uploads(files: list[tuple[str, bytes]]) -> DryRunInput:
     problems = []
     for name, data in files[:DRY_RUN_MAX_FILES]:
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            ds = read_header(data)
         except Exception as exc:  # noqa: BLE001
             problems.append(f"{name}: not a readable DICOM file ({exc})")
             continue

@@ -40,6 +40,14 @@ class Refused(Exception):
     """A connection closed before it became an association; the message is the log line's reason."""
 
 
+class Closed(Refused):
+    """The connection was closed (by the peer, or by an eviction) before the request was complete."""
+
+
+class NothingSent(Closed):
+    """Closed before a single byte arrived: usually a port check (monitoring, a load balancer), not an attack."""
+
+
 def pdu_refusal(pdu_type: int, length: int, *, established: bool, max_pdu: int) -> str | None:
     """Why a PDU with this header must not be read, or None.
 
@@ -74,7 +82,7 @@ def _recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
         except OSError as exc:
             raise Refused(f"connection failed ({exc})") from None
         if not chunk:
-            raise Refused("connection closed before a complete A-ASSOCIATE-RQ")
+            raise Closed("connection closed before a complete A-ASSOCIATE-RQ")
         chunks.append(chunk)
         missing -= len(chunk)
     return b"".join(chunks)
@@ -87,7 +95,10 @@ def read_associate_rq(sock: socket.socket, *, timeout: float, max_length: int = 
     arrives; the length is judged before any of the body is read.
     """
     deadline = time.monotonic() + timeout
-    first = _recv_exact(sock, 1, deadline)
+    try:
+        first = _recv_exact(sock, 1, deadline)
+    except Closed:
+        raise NothingSent("closed without sending anything") from None
     if first[0] != ASSOCIATE_RQ:
         raise Refused(f"first byte 0x{first[0]:02X} is not an A-ASSOCIATE-RQ")
     header = first + _recv_exact(sock, 5, deadline)

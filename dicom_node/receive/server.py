@@ -21,7 +21,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicom_node.receive import pynetdicom_patches
-from dicom_node.receive.limits import PendingConnections, Refused, read_associate_rq
+from dicom_node.receive.limits import NothingSent, PendingConnections, Refused, read_associate_rq
 
 log = logging.getLogger("dicom_node.receive.server")
 
@@ -57,6 +57,10 @@ class AdmittingRequestHandler(RequestHandler):
         try:
             request = read_associate_rq(sock, timeout=limits.artim_seconds)
             A_ASSOCIATE_RQ().decode(request)  # pynetdicom's parse, before an association is spent on it
+        except NothingSent:
+            log.debug("connection from %s closed without sending anything", host)
+            _close(sock)
+            return
         except Refused as exc:
             log.warning("connection from %s closed before association: %s", host, exc)
             _close(sock)

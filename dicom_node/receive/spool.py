@@ -23,8 +23,9 @@ records the file's full length and a write stamp (PS3.10 leaves the
 128-byte preamble to the implementation), and removed.  The stamp also
 decides, when several copies of one SOP Instance UID are found, which is
 the newest (the duplicate policy keeps the newest).  The preamble holds a
-digest of the dataset bytes too (BLAKE2b, 16 bytes, about 1 ms for a CT
-slice): kept with the instance row, it tells a byte-identical resend from a
+digest of the dataset bytes too (SHA-256 cut to 16 bytes: with the CPU's SHA
+instructions about 0.35 ms for a 526 KB CT slice here, BLAKE2b took 1 ms):
+kept with the instance row, it tells a byte-identical resend from a
 correction, and tells the sender that the file it opened is the copy the
 row describes.
 
@@ -46,16 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import pydicom
-
 from dicom_node.defaults import SPOOL_SLOT_BATCH
+from dicom_node.receive.headers import read_header
 
 log = logging.getLogger("dicom_node.receive.spool")
 
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 SPOOL_MARK = b"DICOM-NODE-SPOOL"  # then the file's length, a write stamp (ns), little endian, and the digest
 _PREAMBLE_FIELDS = struct.Struct("<16sQQ16s")
-DIGEST_SIZE = 16  # bytes of BLAKE2b: collisions are out of reach, and it fits the preamble
+DIGEST_SIZE = 16  # bytes of SHA-256 kept: collisions are out of reach, and it fits the preamble
 PREAMBLE_LENGTH = 128 + 4  # preamble + "DICM"
 
 
@@ -76,7 +76,7 @@ def safe_component(uid: str) -> str:
 
 def dataset_digest(dataset: bytes | memoryview) -> str:
     """The digest of a dataset's bytes, as kept in the preamble and the instance row (hex)."""
-    return hashlib.blake2b(dataset, digest_size=DIGEST_SIZE).hexdigest()
+    return hashlib.sha256(dataset).digest()[:DIGEST_SIZE].hex()
 
 
 def spool_preamble(total_length: int, stamp_ns: int, digest: str | None = None) -> bytes:
@@ -235,7 +235,7 @@ class Spool:
                                 slot.name, size, mark[0] if mark else "?")
                 continue
             try:
-                ds = pydicom.dcmread(slot, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+                ds = read_header(str(slot), specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
                 target = os.fspath(self.path_for(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
             except Exception as exc:  # noqa: BLE001 - complete but unreadable: keep it for a person to look at
                 log.error("slot %s is complete but its identifiers cannot be read (%s); left in %s", slot.name, exc, self.pool)

@@ -21,8 +21,9 @@ import os
 import time
 from dataclasses import dataclass, field
 
-import pydicom
 from pydicom.dataset import Dataset
+
+from dicom_node.receive.headers import read_header as read_stored_header
 
 log = logging.getLogger("dicom_node.routing.dispatcher")
 
@@ -40,7 +41,7 @@ def _identity(path: str) -> _Identity | None:
 def load_header(path: str) -> Dataset | str:
     """The header (no pixel data) of one stored file, or why it cannot be read (not logged)."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return read_stored_header(path)
     except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop routing
         return f"{type(exc).__name__}: {exc}"
 

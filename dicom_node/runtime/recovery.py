@@ -26,7 +26,6 @@ import logging
 import os
 from dataclasses import dataclass
 
-import pydicom
 from sqlalchemy import select
 
 from dicom_node.clock import utcnow
@@ -34,6 +33,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database, Instance
 from dicom_node.delivery.queue import recover as recover_deliveries
 from dicom_node.jobs.queue import recover as recover_jobs
+from dicom_node.receive.headers import read_header
 from dicom_node.receive.ingest import InstanceHeader, record_instance
 from dicom_node.receive.spool import PREAMBLE_LENGTH, Spool, parse_spool_preamble, preamble_digest
 
@@ -110,7 +110,7 @@ def recover(config: NodeConfig, db: Database, spool: Spool) -> RecoveryReport:
             with open(path, "rb") as handle:
                 head = handle.read(PREAMBLE_LENGTH)
             mark = parse_spool_preamble(head)
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = read_header(str(path))
             header = InstanceHeader(
                 str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), str(ds.SOPClassUID),
                 str(ds.file_meta.TransferSyntaxUID), str(ds.get("Modality", "")) or None, str(ds.get("SeriesDescription", "")) or None,
