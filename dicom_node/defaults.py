@@ -107,3 +107,8 @@ HEADER_INFLATE_BYTES = 16 << 20
 """Most bytes of a deflated dataset inflated to read its header (rules, recovery, dry runs): real
 headers are kilobytes, a few megabytes with large private blocks or sequences; the pixel data after
 them is never inflated for a header."""
+
+LISTEN_BACKLOG = 128
+"""Connections the kernel queues for the receiver's accept loop (socketserver's default is 5): a burst
+of connects (an attacker's, or several modalities at once) would otherwise overflow the queue, and
+every SYN dropped costs the sender a 1 s retransmission."""

@@ -120,7 +120,7 @@ class StoreSCP:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.log = open(self.folder.parent / f"storescp-{self.port}.log", "wb")
         self.proc = subprocess.Popen(
-            ["storescp", "-aet", self.aet, "+B", *(["+xa"] if self.accept_all else []), *(["-uf"] if self.unique_names else []),
+            ["storescp", "-aet", self.aet, "+B", *(["+xa"] if self.accept_all else []), *(["+uf"] if self.unique_names else []),
              "-od", str(self.folder), str(self.port)],
             stdout=self.log, stderr=subprocess.STDOUT, env=DCMTK_ENV,
         )

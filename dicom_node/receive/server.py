@@ -20,6 +20,7 @@ from pynetdicom import evt
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from dicom_node.defaults import LISTEN_BACKLOG
 from dicom_node.receive import pynetdicom_patches
 from dicom_node.receive.limits import NothingSent, PendingConnections, Refused, read_associate_rq
 
@@ -82,6 +83,8 @@ class AdmittingRequestHandler(RequestHandler):
 
 class NodeServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with :class:`AdmittingRequestHandler` and the pending-connection caps."""
+
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(
         self, ae: Any, address: tuple[str, int], ae_title: str, contexts: list[Any], ssl_context: Any = None,
