@@ -22,7 +22,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from dicom_node.defaults import LISTEN_BACKLOG
 from dicom_node.receive import pynetdicom_patches
-from dicom_node.receive.limits import NothingSent, PendingConnections, Refused, read_associate_rq
+from dicom_node.receive.limits import NothingSent, PendingConnections, Refused, bound_reads, read_associate_rq
 
 log = logging.getLogger("dicom_node.receive.server")
 
@@ -73,7 +73,7 @@ class AdmittingRequestHandler(RequestHandler):
             return
         finally:
             self.server.pending.release(sock)
-        sock.settimeout(limits.read_timeout_seconds)
+        bound_reads(sock, limits.read_timeout_seconds)
         # from here as RequestHandler.handle, with the request already read
         assoc = self._create_association()
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
