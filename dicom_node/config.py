@@ -175,6 +175,8 @@ class NodeSettings(_Table):
     artim_seconds: Positive = 30.0
     max_pending_connections: PositiveInt = 256
     max_pending_per_host: PositiveInt = 32
+    max_inflated_mb: PositiveInt = 256
+    max_deflate_ratio: Positive = 100.0
 
 
 class CompletionSettings(_Table):

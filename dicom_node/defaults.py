@@ -112,3 +112,7 @@ LISTEN_BACKLOG = 128
 """Connections the kernel queues for the receiver's accept loop (socketserver's default is 5): a burst
 of connects (an attacker's, or several modalities at once) would otherwise overflow the queue, and
 every SYN dropped costs the sender a 1 s retransmission."""
+
+IDENTIFIER_INFLATE_BYTES = 256 << 10
+"""Bytes of a received deflated dataset inflated to read its identifying attributes (they end at
+Series Instance UID, early in any dataset); the full header read (HEADER_INFLATE_BYTES) is the fallback."""

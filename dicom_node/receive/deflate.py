@@ -45,7 +45,7 @@ def _inflater() -> zlib._Decompress:
     return zlib.decompressobj(-zlib.MAX_WBITS)  # raw DEFLATE, no zlib header (PS3.5 A.5)
 
 
-def measure(data: bytes | memoryview, limits: DeflateLimits) -> int:
+def measure(data: bytes | bytearray | memoryview, limits: DeflateLimits) -> int:
     """The inflated size of ``data``; :class:`DeflateError` when it is corrupt or over ``limits``.
 
     The output is discarded chunk by chunk, so this needs about
@@ -54,7 +54,7 @@ def measure(data: bytes | memoryview, limits: DeflateLimits) -> int:
     allowed = limits.allowed(len(data))
     inflater = _inflater()
     total = 0
-    pending: bytes | memoryview = data
+    pending: bytes | bytearray | memoryview = data
     try:
         while True:
             total += len(inflater.decompress(pending, CHUNK))
@@ -74,7 +74,7 @@ def measure(data: bytes | memoryview, limits: DeflateLimits) -> int:
     return total
 
 
-def inflate_prefix(data: bytes | memoryview, length: int) -> bytes:
+def inflate_prefix(data: bytes | bytearray | memoryview, length: int) -> bytes:
     """The first ``length`` inflated bytes of ``data`` (fewer if the stream is shorter); never more in memory."""
     inflater = _inflater()
     try:

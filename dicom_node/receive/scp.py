@@ -43,7 +43,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # m
 from dicom_node.clock import utcnow
 from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database
+from dicom_node.defaults import HEADER_INFLATE_BYTES, IDENTIFIER_INFLATE_BYTES
 from dicom_node.receive import pynetdicom_patches
+from dicom_node.receive.deflate import DeflateLimits, inflate_prefix
 from dicom_node.receive.file_meta import received_file_meta
 from dicom_node.receive.identifiers import Identifiers, read_identifiers
 from dicom_node.receive.ingest import InstanceHeader, fast_recorder, record_instance
@@ -87,15 +89,16 @@ def _identifying_header(event: evt.Event) -> Dataset:
 
     Parsing the whole dataset (``event.dataset``) costs more CPU than every
     other step of a C-STORE together for large images; the bytes are written
-    as received anyway.  Deflated datasets must be inflated first, so they take
-    pynetdicom's full decode.
+    as received anyway.  A deflated dataset is inflated only as far as
+    :data:`~dicom_node.defaults.HEADER_INFLATE_BYTES` (its header), never whole.
     """
-    syntax = event.context.transfer_syntax
-    if syntax.is_deflated:
-        return event.dataset
     from pydicom.filereader import read_dataset
 
+    syntax = event.context.transfer_syntax
     stream = cast(BytesIO, cast(C_STORE, event.request).DataSet)
+    if syntax.is_deflated:
+        with stream.getbuffer() as data:
+            stream = BytesIO(inflate_prefix(data, HEADER_INFLATE_BYTES))
     stream.seek(0)
     try:
         return read_dataset(
@@ -109,11 +112,15 @@ def _identifying_header(event: evt.Event) -> Dataset:
 def _identifiers(event: evt.Event) -> Identifiers:
     """The identifying attributes: read from the bytes where :mod:`dicom_node.receive.identifiers` can, else by pydicom."""
     syntax = event.context.transfer_syntax
-    if not syntax.is_deflated:
-        data = cast(BytesIO, cast(C_STORE, event.request).DataSet)
+    data = cast(BytesIO, cast(C_STORE, event.request).DataSet)
+    if syntax.is_deflated:
+        with data.getbuffer() as compressed:
+            head = inflate_prefix(compressed, IDENTIFIER_INFLATE_BYTES)
+        fast = read_identifiers(head, implicit_vr=False, little_endian=True)
+    else:
         fast = read_identifiers(data.getbuffer(), implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
-        if fast is not None:
-            return fast
+    if fast is not None:
+        return fast
     ds = _identifying_header(event)
 
     def text(keyword: str) -> str | None:
@@ -157,6 +164,7 @@ class Receiver:
         self._server: Any = None
         self._lock = threading.Lock()
         self._fast_recorder = fast_recorder(db)
+        self._deflate_limits = DeflateLimits(max_bytes=config.node.max_inflated_mb << 20, max_ratio=config.node.max_deflate_ratio)
 
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.config.ae_title)
@@ -277,7 +285,8 @@ class Receiver:
             log.warning("C-STORE %s refused: SOP class %s not accepted by %s", sop_uid, sop_class, listener.ae_title)
             return STATUS_SOP_CLASS_REFUSED
         with cast(BytesIO, request.DataSet).getbuffer() as data:  # released at once: pydicom may read the stream next
-            refused = refusal(data, transfer_syntax=event.context.transfer_syntax, sop_class_uid=sop_class)
+            refused = refusal(data, transfer_syntax=event.context.transfer_syntax, sop_class_uid=sop_class,
+                              deflate_limits=self._deflate_limits)
         if refused is not None:
             log.error("C-STORE %s refused: %s", sop_uid, refused.reason)
             return refused.status

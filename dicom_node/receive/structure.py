@@ -17,7 +17,7 @@ geometry, so that native Pixel Data shorter than its rows x columns x
 samples x frames x bits is refused as truncated.
 
 Big and little endian, implicit and explicit VR are walked; a deflated
-dataset must be inflated first and is not walked here.
+dataset is inflated first, within limits (:mod:`dicom_node.receive.deflate`).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from pydicom.datadict import DicomDictionary
 from pydicom.uid import UID
 
 from dicom_node.defaults import STRUCTURE_MAX_DEPTH
+from dicom_node.receive.deflate import DeflateError, DeflateLimits, inflate_prefix, measure
 
 UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -200,6 +201,8 @@ def _read_geometry(geometry: dict[str, int], name: str, value: bytes | bytearray
 
 
 STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_OUT_OF_RESOURCES = 0xA700  # "Refused: out of resources": a deflated dataset past the inflation limits
+DEFAULT_DEFLATE_LIMITS = DeflateLimits(max_bytes=256 << 20, max_ratio=100.0)  # node.toml's defaults
 STATUS_SOP_CLASS_MISMATCH = 0xA900  # "Error: data set does not match SOP class" (PS3.4 B.2.3)
 
 
@@ -211,15 +214,24 @@ class Refusal:
     reason: str
 
 
-def refusal(data: bytes | bytearray | memoryview, *, transfer_syntax: UID, sop_class_uid: str) -> Refusal | None:
+def refusal(data: bytes | bytearray | memoryview, *, transfer_syntax: UID, sop_class_uid: str,
+            deflate_limits: DeflateLimits | None = None) -> Refusal | None:
     """Why a received dataset must be refused before it is stored, or None when it walks cleanly.
 
     0xC210 when it does not parse in the negotiated transfer syntax, 0xA900
     when its SOP Class UID is not the one the C-STORE request names.  A
-    deflated dataset is not walked (it would have to be inflated first).
+    deflated dataset is first inflated in chunks and thrown away, only to
+    learn its size: past ``deflate_limits`` it is refused with 0xA700 (a
+    deflate bomb is a resource attack, not a dataset); within them it is
+    inflated and walked like any other.
     """
     if transfer_syntax.is_deflated:
-        return None
+        try:
+            measure(data, deflate_limits or DEFAULT_DEFLATE_LIMITS)
+            data = inflate_prefix(data, (deflate_limits or DEFAULT_DEFLATE_LIMITS).max_bytes)
+        except DeflateError as exc:
+            status = STATUS_OUT_OF_RESOURCES if "inflates past" in str(exc) else STATUS_CANNOT_UNDERSTAND
+            return Refusal(status, str(exc))
     try:
         found = walk(
             data, implicit_vr=transfer_syntax.is_implicit_VR, little_endian=transfer_syntax.is_little_endian,

@@ -24,6 +24,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from dicom_node.defaults import HEADER_INFLATE_BYTES
 from dicom_node.receive.deflate import CHUNK, DeflateError, DeflateLimits, inflate_prefix, measure
 from dicom_node.receive.headers import read_header
+from tests.peers import node_db_rows
 
 MB = 1 << 20
 
@@ -159,3 +160,76 @@ def test_an_explicit_little_endian_copy_of_the_header_reads_the_same(tmp_path: P
     source.save_as(plain, enforce_file_format=True)
     deflated = read_header(get_testdata_file("image_dfl.dcm"))
     assert read_header(str(plain)) == deflated
+
+
+# --- the receiver ---------------------------------------------------------------------------------
+
+def _deflated_body(path: Path) -> tuple[str, str, bytes]:
+    """(SOP class, SOP instance, the deflated dataset bytes as a C-STORE carries them) of a file from write_bomb."""
+    from dicom_node.receive.file_meta import file_info
+
+    info = file_info(str(path))
+    return str(info.sop_class), str(info.sop_instance), path.read_bytes()[info.dataset_offset:]
+
+
+def _send_deflated(port: int, sop_class: str, sop_uid: str, body: bytes) -> int:
+    from pynetdicom import build_context
+
+    from dicom_node.delivery.store_scu import StoreAssociation
+
+    syntax = DeflatedExplicitVRLittleEndian
+    with StoreAssociation.open(
+        "127.0.0.1", port, calling_ae="DICOM_NODE_SCU", called_ae="DICOM_NODE",
+        contexts=[build_context(sop_class, syntax)], timeout=60,
+    ) as assoc:
+        return assoc.store(assoc.accepted[(sop_class, syntax)], sop_class, sop_uid, body).status
+
+
+def _receiver_peak_mib(node) -> float:  # type: ignore[no-untyped-def]
+    """Peak RSS of the node's receiver child (the process holding the DICOM port)."""
+    peaks = []
+    for status_file in Path("/proc").glob("[0-9]*/status"):
+        try:
+            status = dict(line.split(":", 1) for line in status_file.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if status.get("PPid", "").strip() == str(node.proc.pid) and "VmHWM" in status:
+            peaks.append(int(status["VmHWM"].split()[0]) / 1024)
+    assert peaks, "the node has no child processes"
+    return max(peaks)
+
+
+@pytest.mark.peers
+def test_the_receiver_refuses_a_deflate_bomb_without_inflating_it(make_node, tmp_path: Path) -> None:
+    node = make_node()
+    before = _receiver_peak_mib(node)
+    bomb = tmp_path / "bomb.dcm"
+    write_bomb(bomb, 1000 * MB)  # about 1 MB on the wire
+    sop_class, sop_uid, body = _deflated_body(bomb)
+    assert len(body) < 2 * MB
+    assert _send_deflated(node.port, sop_class, sop_uid, body) == 0xA700
+    assert _receiver_peak_mib(node) - before < 150, "the receiver inflated the bomb"
+    assert node_db_rows(node, "select count(*) from instances") == [(0,)]
+    assert "inflates past" in node.log_text()
+
+
+@pytest.mark.peers
+def test_the_receiver_stores_a_real_deflated_object_and_reads_its_identifiers(make_node, tmp_path: Path) -> None:
+    node = make_node()
+    source = get_testdata_file("image_dfl.dcm")
+    sop_class, sop_uid, body = _deflated_body(Path(source))
+    assert _send_deflated(node.port, sop_class, sop_uid, body) == 0x0000
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    assert node_db_rows(node, "select sop_instance_uid, transfer_syntax_uid from instances") == [
+        (sop_uid, DeflatedExplicitVRLittleEndian)
+    ]
+    assert node_db_rows(node, "select series_instance_uid from series") == [(str(ds.SeriesInstanceUID),)]
+
+
+@pytest.mark.peers
+def test_the_receiver_refuses_a_corrupt_deflate_stream(make_node) -> None:
+    node = make_node()
+    sop_class, sop_uid, body = _deflated_body(Path(get_testdata_file("image_dfl.dcm")))
+    broken = body[:200] + b"\xff" * 64 + body[264:]
+    assert _send_deflated(node.port, sop_class, sop_uid, broken) == 0xC210
+    assert node_db_rows(node, "select count(*) from instances") == [(0,)]
