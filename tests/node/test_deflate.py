@@ -81,8 +81,12 @@ def write_bomb(path: Path, zeros: int, *, before_pixels: int = 0) -> Dataset:
 
 
 def peak_rss_mib(code: str) -> float:
-    """Run ``code`` in a fresh interpreter and return its peak RSS (MiB); the code's own output is checked by it."""
-    script = code + "\nimport resource; print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    """Run ``code`` in a fresh interpreter and return its peak RSS (MiB); the code's own assertions check its result."""
+    # VmHWM, not ru_maxrss: Linux carries the parent's maximum into ru_maxrss across fork and exec, so a
+    # child of a large pytest process would report the parent's size.
+    script = code + (
+        "\nprint('PEAK', next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:')) / 1024)\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return float(result.stdout.rsplit("PEAK", 1)[1])
