@@ -17,7 +17,6 @@ from alembic import command
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
-from dicom_node.config import load_config
 from dicom_node.db import Database, Delivery, Job, Series, Study
 from dicom_node.db.admin_models import AuditEntry
 from dicom_node.db.engine import alembic_config
@@ -28,7 +27,8 @@ from dicom_node.receive.ingest import InstanceHeader, record_instance
 from dicom_node.routing.actions import Target, forward_action
 from dicom_node.routing.dispatcher import Dispatcher
 from dicom_node.routing.header_readahead import HeaderReadahead
-from routing_rules import RuleSet, parse_rules_text
+from routing_rules import RuleSet
+from tests.node.in_process import FixedRules, pacs_config, valid_rules
 
 T0 = datetime(2026, 12, 3, 12, 0, 0)  # long past: every series and study is due at the first sweep
 
@@ -55,28 +55,9 @@ destinations = ["pacs"]
 """
 
 
-@dataclass
-class FixedRules:
-    ruleset: RuleSet
-
-    def current(self) -> RuleSet:
-        return self.ruleset
-
-
-def _rules(text_: str) -> RuleSet:
-    rs = parse_rules_text(text_, destinations={"pacs"})
-    assert not rs.errors, [str(e) for e in rs.errors]
-    return rs
-
-
 @pytest.fixture
 def node(tmp_path: Path):  # type: ignore[no-untyped-def]
-    config_path = tmp_path / "node.toml"
-    config_path.write_text(
-        f"[database]\nurl = 'sqlite:///{tmp_path / 'node.db'}'\n"
-        "[destinations.pacs]\ntype = 'dicom'\nae_title = 'PACS'\nhost = '127.0.0.1'\nport = 11112\n"
-    )
-    config = load_config(config_path)
+    config = pacs_config(tmp_path)
     db = Database(config.database_url)
     yield config, db
     db.dispose()
@@ -104,7 +85,7 @@ def _errors(caplog: pytest.LogCaptureFixture, words: str) -> int:
 
 def test_a_series_whose_headers_cannot_be_read_fails_alone(node, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config, db = node
-    dispatcher = Dispatcher(config, db, FixedRules(_rules(SERIES_FORWARD)))
+    dispatcher = Dispatcher(config, db, FixedRules(valid_rules(SERIES_FORWARD)))
     bad = write_datasets(chest_ct_series(2, 32, seed=1), tmp_path / "bad", "CT")
     good = write_datasets(chest_ct_series(3, 32, seed=2), tmp_path / "good", "CT")
     bad_id = _store(db, bad[0])
@@ -149,7 +130,7 @@ def test_a_series_whose_headers_cannot_be_read_fails_alone(node, tmp_path: Path,
 
 def test_retry_dispatches_again_and_dismiss_lets_the_study_go_on(node, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config, db = node
-    dispatcher = Dispatcher(config, db, FixedRules(_rules(SERIES_FORWARD)))
+    dispatcher = Dispatcher(config, db, FixedRules(valid_rules(SERIES_FORWARD)))
     first = write_datasets(chest_ct_series(1, 32, seed=3), tmp_path / "first", "CT")
     second = write_datasets(chest_ct_series(1, 32, seed=4), tmp_path / "second", "CT")
     first_id, second_id = _store(db, first[0]), _store(db, second[0])
@@ -194,7 +175,7 @@ def test_retry_dispatches_again_and_dismiss_lets_the_study_go_on(node, tmp_path:
 def test_a_study_that_cannot_be_dispatched_fails_alone(node, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config, db = node
     study_rule = SERIES_FORWARD.replace('"ct-series"', '"ct-study"').replace('"series"', '"study"')
-    dispatcher = Dispatcher(config, db, FixedRules(_rules(study_rule)))
+    dispatcher = Dispatcher(config, db, FixedRules(valid_rules(study_rule)))
     bad = write_datasets(chest_ct_series(1, 32, seed=5), tmp_path / "bad", "CT")
     good = write_datasets(chest_ct_series(1, 32, seed=6), tmp_path / "good", "CT")
     bad_series, good_series = _store(db, bad[0]), _store(db, good[0])
@@ -222,7 +203,7 @@ def test_a_study_that_cannot_be_dispatched_fails_alone(node, tmp_path: Path, cap
 
 def test_an_instance_rule_that_raises_does_not_hold_the_other_rules(node, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config, db = node
-    rules = _rules(DX_NOW.format(name="a-broken") + DX_NOW.format(name="b-works"))
+    rules = valid_rules(DX_NOW.format(name="a-broken") + DX_NOW.format(name="b-works"))
     dispatcher = Dispatcher(config, db, FixedRules(rules))
 
     def broken_for_one_rule(session: Session, target: Target, rule_name: str, action: dict[str, Any], now: datetime) -> str:
@@ -247,7 +228,7 @@ def test_an_instance_rule_that_raises_does_not_hold_the_other_rules(node, tmp_pa
 
 def test_findings_of_a_job_that_cannot_be_read_are_skipped_once(node, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config, db = node
-    dispatcher = Dispatcher(config, db, FixedRules(_rules(SERIES_FORWARD)))
+    dispatcher = Dispatcher(config, db, FixedRules(valid_rules(SERIES_FORWARD)))
     series_id = _store(db, write_datasets(chest_ct_series(1, 32, seed=7), tmp_path / "ct", "CT")[0])
     bad_result = {"results": [{"kind": "classification", "label": "x", "probability": "not a number"}]}
     with db.write() as session:
@@ -311,7 +292,7 @@ def test_an_object_the_rules_cannot_judge_does_not_hold_the_others(node, tmp_pat
     paths = write_datasets([chest_dx(64, 64, seed=i) for i in range(3)], tmp_path / "dx", "DX")
     for path in paths:
         _store(db, path)
-    rules = RaisingFor(_rules(DX_NOW.format(name="dx-now")), str(pydicom.dcmread(paths[0]).SeriesInstanceUID))
+    rules = RaisingFor(valid_rules(DX_NOW.format(name="dx-now")), str(pydicom.dcmread(paths[0]).SeriesInstanceUID))
     dispatcher = Dispatcher(config, db, rules)
     caplog.set_level(logging.ERROR, "dicom_node")
     dispatcher.route_instances()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -18,12 +17,11 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dicom_node.config import load_config
 from dicom_node.db import Database, Delivery, DeliveryItem, Dispatch, Instance, Series
 from dicom_node.ops.synthetic import chest_ct_series, chest_dx, write_datasets
 from dicom_node.receive.ingest import InstanceHeader, record_instance
 from dicom_node.routing.dispatcher import Dispatcher
-from routing_rules import RuleSet, parse_rules_text
+from tests.node.in_process import FixedRules, pacs_config, valid_rules
 from tests.peers import have, node_db_rows, storescu, wait_for
 
 T0 = datetime(2026, 12, 3, 12, 0, 0)
@@ -40,32 +38,13 @@ destinations = ["pacs"]
 """
 
 
-@dataclass
-class FixedRules:
-    """A rules source whose rule set the test swaps."""
-
-    ruleset: RuleSet
-
-    def current(self) -> RuleSet:
-        return self.ruleset
-
-
-def _rules(text: str) -> RuleSet:
-    rs = parse_rules_text(text, destinations={"pacs"})
-    assert not rs.errors, [str(e) for e in rs.errors]
-    return rs
 
 
 @pytest.fixture
 def node(tmp_path: Path):  # type: ignore[no-untyped-def]
-    config_path = tmp_path / "node.toml"
-    config_path.write_text(
-        f"[database]\nurl = 'sqlite:///{tmp_path / 'node.db'}'\n"
-        "[destinations.pacs]\ntype = 'dicom'\nae_title = 'PACS'\nhost = '127.0.0.1'\nport = 11112\n"
-    )
-    config = load_config(config_path)
+    config = pacs_config(tmp_path)
     db = Database(config.database_url)
-    rules = FixedRules(_rules(DX_NOW))
+    rules = FixedRules(valid_rules(DX_NOW))
     yield config, db, rules, Dispatcher(config, db, rules)
     db.dispose()
 
@@ -142,12 +121,12 @@ def test_a_late_object_of_a_dispatched_series_is_still_forwarded(node, tmp_path:
 
 def test_objects_stored_while_no_instance_rule_exists_are_not_forwarded_by_a_later_one(node, tmp_path: Path) -> None:
     config, db, rules, dispatcher = node
-    rules.ruleset = _rules("")
+    rules.ruleset = valid_rules("")
     old = write_datasets([chest_dx(64, 64, seed=11)], tmp_path / "old", "DX")
     _store(db, old[0], T0)
     dispatcher.route_instances()
     assert _unrouted(db) == 0 and _queued(db) == []
-    rules.ruleset = _rules(DX_NOW)
+    rules.ruleset = valid_rules(DX_NOW)
     new = write_datasets([chest_dx(64, 64, seed=12)], tmp_path / "new", "DX")
     _store(db, new[0], T0 + timedelta(seconds=1))
     dispatcher.route_instances()

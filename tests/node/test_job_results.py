@@ -17,7 +17,6 @@ from sqlalchemy import select
 
 from ai_models.results import Box, Classification, Detection, Segmentation
 from dicom_node.clock import utcnow
-from dicom_node.config import load_config
 from dicom_node.db import Database, Dispatch, Job, Series
 from dicom_node.db.states import JobState, SeriesState
 from dicom_node.jobs.results import ClassificationSummary, JobResult, OutputRef, summarize
@@ -25,7 +24,8 @@ from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from dicom_node.receive.ingest import InstanceHeader, record_instance
 from dicom_node.routing.actions import NODE_ACTIONS
 from dicom_node.routing.dispatcher import Dispatcher
-from routing_rules import RuleSet, parse_rules_text
+from routing_rules import parse_rules_text
+from tests.node.in_process import FixedRules, pacs_config
 
 MODEL = "enhancement-hu"
 
@@ -63,22 +63,10 @@ def enhanced(probability: float = 0.93) -> Classification:
                           source_sop_instance_uids=[], agrees_with_header=False)
 
 
-class FixedRules:
-    def __init__(self, ruleset: RuleSet) -> None:
-        self.ruleset = ruleset
-
-    def current(self) -> RuleSet:
-        return self.ruleset
-
 
 @pytest.fixture
 def node(tmp_path: Path):  # type: ignore[no-untyped-def]
-    config_path = tmp_path / "node.toml"
-    config_path.write_text(
-        f"[database]\nurl = 'sqlite:///{tmp_path / 'node.db'}'\n"
-        "[destinations.pacs]\ntype = 'dicom'\nae_title = 'PACS'\nhost = '127.0.0.1'\nport = 11112\n"
-    )
-    config = load_config(config_path)
+    config = pacs_config(tmp_path)
     db = Database(config.database_url)
     rules = parse_rules_text(RULES, destinations={"pacs"}, registry=NODE_ACTIONS, known_models={MODEL})
     assert not rules.errors, [str(e) for e in rules.errors]

@@ -27,7 +27,8 @@ from dicom_node.ops.synthetic import chest_ct_series, write_datasets
 from dicom_node.receive.ingest import InstanceHeader, record_instance
 from dicom_node.routing.actions import NODE_ACTIONS
 from dicom_node.routing.dispatcher import Dispatcher
-from routing_rules import RuleSet, parse_rules_text
+from routing_rules import parse_rules_text
+from tests.node.in_process import FixedRules
 
 COLUMNS: dict[str, type[StrEnum]] = {
     "studies": StudyState, "series": SeriesState, "jobs": JobState, "deliveries": DeliveryState,
@@ -56,14 +57,6 @@ Modality = "CT"
 type = "forward"
 destinations = ["pacs"]
 """
-
-
-class FixedRules:
-    def __init__(self, ruleset: RuleSet) -> None:
-        self.ruleset = ruleset
-
-    def current(self) -> RuleSet:
-        return self.ruleset
 
 
 def _snapshot(db: Database, seen: dict[str, set[str]]) -> None:
