@@ -12,13 +12,18 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from dicom_node import __version__
 from dicom_node.config import ConfigError, DicomDestination, NodeConfig, load_config
+
+if TYPE_CHECKING:
+    from dicom_node.db import Database
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 _PEER_RE = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d+)$")
@@ -129,19 +134,26 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@contextmanager
+def _current_database(config: NodeConfig) -> Iterator[Database]:
+    """The node's database for a command that reads or writes rows but never the schema (SchemaError if not current)."""
+    from dicom_node.db import Database
+
+    db = Database(config.database_url, migrate=False)
+    try:
+        db.require_current_schema()
+        yield db
+    finally:
+        db.dispose()
+
+
 def status_report(config: NodeConfig) -> dict[str, Any]:
     """The report ``dicom-node status`` prints (the queries are the web's and the metrics', in ops.queries)."""
     from dicom_node.clock import utcnow
-    from dicom_node.db import Database
     from dicom_node.ops.queries import status_report as node_status
 
-    db = Database(config.database_url, migrate=False)  # read only: raises SchemaError if not current
-    try:
-        db.require_current_schema()
-        with db.session() as session:
-            return node_status(session, config, utcnow())
-    finally:
-        db.dispose()
+    with _current_database(config) as db, db.session() as session:
+        return node_status(session, config, utcnow())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -200,23 +212,25 @@ def _failed_dispatches(db: Any, args: argparse.Namespace, act: Any, done: str) -
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from dicom_node.db import Database
-    from dicom_node.delivery.queue import retry
-    from dicom_node.jobs.queue import retry_jobs
-    from dicom_node.ops.admin_actions import retry_dispatch
+    from dicom_node.db.engine import SchemaError
 
     if not args.delivery and not args.all_failed and not args.job and not args.series and not args.study:
         print("say which: --delivery ID, --job ID, --series ID, --study ID (all repeatable) or --all-failed", file=sys.stderr)
         return EXIT_USAGE
-    from dicom_node.db.engine import SchemaError
-
-    config = _config(args)
-    db = Database(config.database_url, migrate=False)  # writes rows, never the schema
     try:
-        db.require_current_schema()
+        with _current_database(_config(args)) as db:
+            return _retry(db, args)
     except SchemaError as exc:
         print(f"dicom-node retry: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _retry(db: Database, args: argparse.Namespace) -> int:
+    """Queue again what ``dicom-node retry`` names; the exit code."""
+    from dicom_node.delivery.queue import retry
+    from dicom_node.jobs.queue import retry_jobs
+    from dicom_node.ops.admin_actions import retry_dispatch
+
     count = 0
     if args.delivery or args.all_failed:
         deliveries = retry(db, delivery_ids=args.delivery, all_failed=args.all_failed)

@@ -62,3 +62,15 @@ class SelfTestState(StrEnum):
     RUNNING = "running"
     PASSED = "passed"
     FAILED = "failed"
+
+
+class AssociationEnd(StrEnum):
+    """How an association ended (``associations.end_reason``)."""
+
+    RELEASED = "released"
+    PEER_ABORT = "peer-abort"  # an A-ABORT from the peer
+    CONNECTION_LOST = "connection-lost"  # TCP closed or reset, or a read timed out in the middle of a PDU
+    PROTOCOL_ERROR = "protocol-error"  # we aborted a PDU over our limits (set by receive.pynetdicom_patches)
+    IDLE_TIMEOUT = "idle-timeout"  # silent for network_timeout_seconds
+    ABORTED = "aborted"  # we aborted for another reason
+    NODE_RESTART = "node-restart"  # left open by a receiver that no longer runs (start-up recovery)

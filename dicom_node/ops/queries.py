@@ -175,9 +175,9 @@ def delivery_row(delivery: Delivery) -> dict[str, Any]:
     took = (delivery.finished_at - delivery.created_at).total_seconds() if delivery.finished_at else None
     return {
         "id": delivery.id, "destination": delivery.destination, "rule": delivery.rule_name, "state": delivery.state,
-        "attempts": delivery.attempts, "objects": len(items), "sent": sum(1 for i in items if i.state == "sent"),
+        "attempts": delivery.attempts, "objects": len(items), "sent": sum(1 for i in items if i.state == DeliveryItemState.SENT),
         "created_at": iso(delivery.created_at), "finished_at": iso(delivery.finished_at),
-        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.state == "pending" else None,
+        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.state == DeliveryState.PENDING else None,
         "seconds_to_deliver": None if took is None else round(took, 3),
         "mean_item_ms": round(sum(durations) / len(durations), 1) if durations else None,
         "last_error": delivery.last_error, "possible_duplicates": delivery.possible_duplicates,
@@ -264,7 +264,7 @@ def deliveries(session: Session, state: str | None = None, limit: int = 100) -> 
 
 
 def failed_jobs(session: Session, limit: int = 50) -> list[dict[str, Any]]:
-    return [job_row(j) for j in session.scalars(select(Job).where(Job.state == "failed").order_by(Job.id.desc()).limit(limit))]
+    return [job_row(j) for j in session.scalars(select(Job).where(Job.state == JobState.FAILED).order_by(Job.id.desc()).limit(limit))]
 
 
 def series_choices(session: Session, limit: int = 25) -> list[dict[str, Any]]:

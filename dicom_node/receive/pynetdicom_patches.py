@@ -41,6 +41,7 @@ import threading
 import time
 from typing import Any
 
+from dicom_node.db.states import AssociationEnd
 from dicom_node.defaults import REACTOR_BUSY_SLICE_SECONDS, REACTOR_BUSY_WINDOW_SECONDS
 
 REACTOR_SLEEP_MIN = 0.0005
@@ -177,7 +178,7 @@ def _abort_and_close(dul: Any, why: str) -> None:
     assoc = dul.assoc
     requestor = assoc.requestor
     log.warning("association from %s:%s aborted: %s", requestor.address, requestor.port, why)
-    assoc.node_end_reason = "protocol-error"
+    assoc.node_end_reason = AssociationEnd.PROTOCOL_ERROR
     abort = A_ABORT_RQ()
     abort.source, abort.reason_diagnostic = 0x02, 0x06
     raw = dul.socket.socket

@@ -43,6 +43,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # m
 from dicom_node.clock import utcnow
 from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database
+from dicom_node.db.states import AssociationEnd
 from dicom_node.defaults import HEADER_INFLATE_BYTES, IDENTIFIER_INFLATE_BYTES
 from dicom_node.receive import pynetdicom_patches
 from dicom_node.receive.deflate import DeflateLimits, inflate_prefix
@@ -129,27 +130,21 @@ def _identifiers(event: evt.Event) -> Identifiers:
     return Identifiers(text("StudyInstanceUID"), text("SeriesInstanceUID"), text("SOPInstanceUID"), text("Modality"), text("SeriesDescription"))
 
 
-END_RELEASED = "released"
-END_PEER_ABORT = "peer-abort"  # an A-ABORT from the peer
-END_CONNECTION_LOST = "connection-lost"  # TCP closed or reset, or a read timed out in the middle of a PDU
-END_PROTOCOL_ERROR = "protocol-error"  # we aborted a PDU over our limits (set by pynetdicom_patches)
-END_IDLE_TIMEOUT = "idle-timeout"  # silent for network_timeout_seconds
-END_ABORTED = "aborted"  # we aborted for another reason
 
 
 def end_reason(event: evt.Event) -> str:
     """The association's ``end_reason`` as far as is known at this event (at most 16 characters)."""
     assoc = event.assoc
     if event.event.name == "EVT_RELEASED" or assoc.is_released:
-        return END_RELEASED
+        return AssociationEnd.RELEASED
     noted = getattr(assoc, "node_end_reason", None)
     if noted:
         return str(noted)
     if event.event.name == "EVT_CONN_CLOSE":
-        return END_CONNECTION_LOST
+        return AssociationEnd.CONNECTION_LOST
     if assoc.dul.idle_timer_expired():
-        return END_IDLE_TIMEOUT
-    return END_ABORTED
+        return AssociationEnd.IDLE_TIMEOUT
+    return AssociationEnd.ABORTED
 
 
 class Receiver:
@@ -232,9 +227,9 @@ class Receiver:
         """Note how an association is ending when the abort reaches the association thread (before EVT_ABORTED)."""
         primitive = getattr(event, "primitive", None)
         if isinstance(primitive, A_P_ABORT):
-            event.assoc.node_end_reason = getattr(event.assoc, "node_end_reason", None) or END_CONNECTION_LOST  # type: ignore[attr-defined]
+            event.assoc.node_end_reason = getattr(event.assoc, "node_end_reason", None) or AssociationEnd.CONNECTION_LOST  # type: ignore[attr-defined]
         elif isinstance(primitive, A_ABORT):
-            event.assoc.node_end_reason = getattr(event.assoc, "node_end_reason", None) or END_PEER_ABORT  # type: ignore[attr-defined]
+            event.assoc.node_end_reason = getattr(event.assoc, "node_end_reason", None) or AssociationEnd.PEER_ABORT  # type: ignore[attr-defined]
 
     def _on_ended(self, event: evt.Event) -> None:
         """Record the end: at most once finally (EVT_RELEASED / EVT_ABORTED), once before that at EVT_CONN_CLOSE.

@@ -31,6 +31,7 @@ from sqlalchemy import select
 from dicom_node.clock import utcnow
 from dicom_node.config import NodeConfig
 from dicom_node.db import Association, Database, Instance
+from dicom_node.db.states import AssociationEnd
 from dicom_node.delivery.queue import recover as recover_deliveries
 from dicom_node.jobs.queue import recover as recover_jobs
 from dicom_node.receive.headers import read_header
@@ -100,7 +101,7 @@ def recover(config: NodeConfig, db: Database, spool: Spool) -> RecoveryReport:
     with db.write() as session:
         stale = [a for a in session.scalars(select(Association).where(Association.ended_at.is_(None))).all() if not _pid_alive(a.receiver_pid)]
         for assoc in stale:
-            assoc.ended_at, assoc.end_reason = now, "node-restart"
+            assoc.ended_at, assoc.end_reason = now, AssociationEnd.NODE_RESTART
     known = {row for row in db.session().scalars(select(Instance.path)).all()}
     reindexed = superseded = 0
     for path in spool.iter_files():
